@@ -1,0 +1,137 @@
+"""Reading, checking and converting images.
+
+Inside ``facemagic_core`` an image batch is a ``(B, 3, H, W)`` float32 RGB tensor in [0, 1]
+(see :mod:`facemagic_core.types`). :func:`check_images` guards every public entry point;
+:func:`load_image` reads files from disk and converts grey and RGBA pictures to RGB, the way
+users expect a command line to behave.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadInputError
+from .files import atomic_path
+
+logger = logging.getLogger(__name__)
+
+#: Smallest image side that can hold a face a detector finds (YuNet and SCRFD need ~10 px faces).
+MIN_IMAGE_SIDE = 32
+#: Largest image side accepted; larger frames should be resized first.
+MAX_IMAGE_SIDE = 16384
+
+
+def check_images(images: object, *, where: str = "images") -> torch.Tensor:
+    """Return ``images`` if it is a usable ``(B, 3, H, W)`` batch, else raise ``BadInputError``.
+
+    The tensor is returned as it is (no copy), so callers must not modify it in place.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise BadInputError(
+            f"expected an image tensor, got {type(images).__name__}",
+            where=where,
+            fix="pass a (B, 3, H, W) float tensor in [0, 1]; load files with facemagic_core.images.load_image",
+        )
+    if images.ndim == 3:
+        raise BadInputError(
+            f"expected a batch of images (B, 3, H, W), got a single image of shape {tuple(images.shape)}",
+            where=where,
+            fix="add a batch dimension with images.unsqueeze(0)",
+        )
+    if images.ndim != 4:
+        raise BadInputError(f"expected (B, 3, H, W) images, got shape {tuple(images.shape)}", where=where)
+    if images.shape[0] == 0:
+        raise BadInputError("the image batch is empty", where=where, fix="pass at least one image")
+    channels = images.shape[1]
+    if channels != 3:
+        kind = {1: "grey", 2: "grey + alpha", 4: "RGBA"}.get(channels, f"{channels}-channel")
+        raise BadInputError(
+            f"{kind} images are not supported: FaceMagic works on RGB",
+            where=f"{where}, shape {tuple(images.shape)}",
+            fix="convert the images to RGB first (drop the alpha channel, repeat a grey channel three times)",
+        )
+    height, width = int(images.shape[2]), int(images.shape[3])
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise BadInputError(
+            f"the images are {width}x{height} pixels, too small to hold a detectable face",
+            where=where,
+            fix=f"use images of at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels",
+        )
+    if max(height, width) > MAX_IMAGE_SIDE:
+        raise BadInputError(
+            f"the images are {width}x{height} pixels, larger than the {MAX_IMAGE_SIDE} px FaceMagic accepts",
+            where=where,
+            fix="resize the images before swapping",
+        )
+    if not images.is_floating_point():
+        raise BadInputError(
+            f"expected float images in [0, 1], got dtype {images.dtype}",
+            where=where,
+            fix="convert with images.float() / 255",
+        )
+    if not bool(torch.isfinite(images).all()):
+        raise BadInputError(
+            "the images contain NaN or infinite values", where=where, fix="check the node or code that produced them"
+        )
+    return images
+
+
+def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read an image file as a ``(1, 3, H, W)`` float32 RGB tensor in [0, 1].
+
+    Grey, palette and RGBA files are converted to RGB (alpha is dropped). For animated files
+    only the first frame is read; use :func:`facemagic_core.video.read_frames` for all frames.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise BadInputError("image file not found", where=str(file), fix="check the path")
+    try:
+        with Image.open(file) as picture:
+            picture.seek(0)
+            rgb = np.asarray(picture.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise BadInputError(
+            f"cannot read the image: {error}", where=str(file), fix="use a JPEG, PNG or WebP file that opens elsewhere"
+        ) from error
+    return rgb_uint8_to_tensor(rgb)
+
+
+def rgb_uint8_to_tensor(rgb: npt.NDArray[np.uint8]) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB array → ``(1, 3, H, W)`` float32 tensor in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def tensor_to_rgb_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:
+    """``(3, H, W)`` float tensor in [0, 1] → ``(H, W, 3)`` uint8 RGB array (on the CPU)."""
+    scaled = image.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return np.ascontiguousarray(scaled.permute(1, 2, 0).cpu().numpy())
+
+
+def tensor_to_bgr_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:
+    """``(3, H, W)`` float tensor in [0, 1] → ``(H, W, 3)`` uint8 BGR array, what OpenCV and insightface read."""
+    return np.ascontiguousarray(tensor_to_rgb_uint8(image)[:, :, ::-1])
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
+    """Write one ``(3, H, W)`` or ``(1, 3, H, W)`` image atomically; the format follows the suffix."""
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise BadInputError(f"save_image writes one image, got a batch of {image.shape[0]}", where=str(path))
+        image = image[0]
+    bgr = tensor_to_bgr_uint8(image)
+    with atomic_path(path) as temporary:
+        if not cv2.imwrite(str(temporary), bgr):
+            raise BadInputError(
+                "cannot write the image",
+                where=str(path),
+                fix="use a .png, .jpg or .webp file name in a writable folder",
+            )
+    logger.debug("wrote %s", path)
