@@ -1,0 +1,5 @@
+"""``python -m facemagic_core`` runs the ``facemagic`` command line."""
+
+from .cli import main
+
+raise SystemExit(main())

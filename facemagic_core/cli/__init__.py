@@ -1,0 +1,80 @@
+"""The ``facemagic`` command line: the FaceMagic pipeline outside ComfyUI.
+
+Each sub-command lives in its own module of this package with a ``register(subparsers)``
+function that adds its parser and sets ``handler`` (``(argparse.Namespace) -> int``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import FaceMagicError
+
+#: Sub-command modules, in the order ``--help`` lists them.
+COMMANDS = ("identity", "similarity", "swap", "models", "bench", "prepare", "train")
+
+DEFAULT_MODEL_DIR = Path(os.environ.get("FACEMAGIC_MODELS", Path.home() / ".cache" / "facemagic" / "models"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facemagic",
+        description=(
+            "FaceMagic: swap faces by injecting a source person's identity into a target face, "
+            "keeping the target's pose, expression, lighting and background. "
+            "Models are downloaded from the Hugging Face Hub on first use into --models "
+            f"(default: $FACEMAGIC_MODELS or {DEFAULT_MODEL_DIR})."
+        ),
+        epilog="Run 'facemagic COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as error:
+            if error.name == f"{__name__}.{name}":
+                continue  # that command is not part of this build
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that loads models."""
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=DEFAULT_MODEL_DIR,
+        help="folder holding the model files; missing ones are downloaded there (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where to run: auto (GPU when there is one), cpu, cuda, cuda:1, mps (default: %(default)s)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.handler(args)
+    except FaceMagicError as error:
+        print(f"facemagic: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("facemagic: cancelled", file=sys.stderr)
+        return 130
+    return code
