@@ -1,0 +1,301 @@
+"""Face alignment: five-point templates, similarity transforms and batched crop warping in torch.
+
+Conventions (the same as OpenCV's, so that matrices can be handed to ``cv2.warpAffine``):
+
+- points are ``(x, y)`` pixels, pixel centres at integer coordinates;
+- an affine matrix is ``(2, 3)`` and maps a point of the *source* image to the *output*
+  image: ``[x', y'] = M[:, :2] @ [x, y] + M[:, 2]``; batches are ``(B, 2, 3)``;
+- :func:`warp_affine` gives what ``cv2.warpAffine(src, M, (w, h), flags=INTER_LINEAR,
+  borderMode=BORDER_CONSTANT, borderValue=0)`` gives, for a whole batch at once, on any
+  device and floating dtype.
+
+Pipeline order: :func:`face_template` -> :func:`estimate_similarity` -> :func:`warp_affine`
+(or all three at once with :func:`align_faces`); :func:`invert_affine` and
+:func:`transform_points` take crops and points back to the image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import BadInputError
+from .images import check_images
+from .types import Face, FloatArray
+
+logger = logging.getLogger(__name__)
+
+#: Which five-point layout a crop is aligned to.
+TemplateName = Literal["arcface", "ffhq"]
+TEMPLATE_NAMES: tuple[str, ...] = get_args(TemplateName)
+
+#: ArcFace's 112 px template (insightface's ``arcface_dst``): left eye, right eye, nose tip,
+#: left and right mouth corner, image left/right. Every ArcFace recogniser and inswapper-style
+#: swapper is trained on crops aligned to it (see ../shared/MODELS.md).
+ARCFACE_TEMPLATE_112: FloatArray = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+
+#: The five-point template for 512 px FFHQ-style crops, same point order. These are the
+#: numbers GFPGAN and CodeFormer (through facexlib's FaceRestoreHelper) align 512 px faces
+#: to; facefusion's ``ffhq_512`` template is the same layout divided by 512. Other sizes are
+#: the same layout scaled by ``size / 512``.
+FFHQ_TEMPLATE_512: FloatArray = np.array(
+    [[192.98138, 239.94708], [318.90277, 240.19360], [256.63416, 314.01935], [201.26117, 371.41043],
+     [313.08905, 371.15118]],
+    dtype=np.float32,
+)  # fmt: skip
+
+#: Below this variance (pixels squared) five landmarks are one point and fix no transform.
+_MIN_POINT_SPREAD = 1e-6
+
+
+def face_template(name: TemplateName, size: int) -> FloatArray:
+    """The ``(5, 2)`` float32 template of ``name`` for a square crop of ``size`` pixels.
+
+    ``"arcface"``: a size that is a multiple of 112 scales the 112 template by ``size / 112``;
+    any other size scales it by ``size / 128`` and shifts x by ``8 * size / 128`` (insightface's
+    rule: the 112 face sits inside a 128 frame, e.g. inswapper's 128 px crops).
+    ``"ffhq"``: the 512 template scaled by ``size / 512``.
+    """
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 16:
+        raise BadInputError(
+            f"a crop size must be a whole number of pixels, at least 16; got {size!r}",
+            where="alignment template",
+            fix="use the input size of the model the crop is for (112, 128, 256, 512...)",
+        )
+    size = int(size)
+    if name == "arcface":
+        if size % 112 == 0:
+            template = ARCFACE_TEMPLATE_112 * np.float32(size / 112)
+        else:
+            template = ARCFACE_TEMPLATE_112 * np.float32(size / 128)
+            template[:, 0] += np.float32(8 * size / 128)
+    elif name == "ffhq":
+        template = FFHQ_TEMPLATE_512 * np.float32(size / 512)
+    else:
+        raise BadInputError(
+            f"unknown alignment template {name!r}",
+            where="alignment template",
+            fix=f"use one of {', '.join(TEMPLATE_NAMES)}",
+        )
+    return np.ascontiguousarray(template, dtype=np.float32)
+
+
+def _work_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the small linear algebra on the points, except where the device lacks it (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _result_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def estimate_similarity(points: torch.Tensor, template: torch.Tensor | FloatArray) -> torch.Tensor:
+    """The least-squares similarity transforms (rotation, uniform scale, translation) ``points -> template``.
+
+    ``points`` is ``(B, N, 2)`` (N >= 2, usually the five landmarks), ``template`` ``(N, 2)``
+    or ``(B, N, 2)``. Returns ``(B, 2, 3)`` image -> crop matrices (float32, or float64 for
+    float64 points). This is Umeyama's solution restricted to proper rotations (no
+    reflection); in 2-D it has the closed form used here, with rotation-and-scale written as
+    one complex factor ``a + ib``:
+
+    ``a = sum(<p_i, q_i>) / sum(|p_i|^2)``, ``b = sum(p_i x q_i) / sum(|p_i|^2)``
+
+    for the centred points ``p_i`` and centred template points ``q_i``.
+    """
+    if not isinstance(points, torch.Tensor) or points.ndim != 3 or points.shape[-1] != 2 or points.shape[1] < 2:
+        shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+        raise BadInputError(f"expected landmarks of shape (B, N, 2) with N >= 2, got {shape}", where="alignment")
+    work = _work_dtype(points.device)
+    source = points.to(work)
+    target = torch.as_tensor(template).to(device=points.device, dtype=work)
+    if target.ndim == 2:
+        target = target.unsqueeze(0).expand(source.shape[0], -1, -1)
+    if target.shape != source.shape:
+        raise BadInputError(
+            f"the template has shape {tuple(target.shape)} but the landmarks have {tuple(source.shape)}",
+            where="alignment",
+            fix="give one template point per landmark",
+        )
+    if not bool(torch.isfinite(source).all()):
+        bad = torch.nonzero(~torch.isfinite(source).flatten(1).all(dim=1)).flatten().tolist()
+        raise BadInputError("landmarks contain NaN or infinite values", where=f"faces {bad}", fix="re-detect the faces")
+    source_mean = source.mean(dim=1, keepdim=True)
+    target_mean = target.mean(dim=1, keepdim=True)
+    p = source - source_mean
+    q = target - target_mean
+    spread = (p * p).sum(dim=(1, 2))
+    if bool((spread < _MIN_POINT_SPREAD * source.shape[1]).any()):
+        bad = torch.nonzero(spread < _MIN_POINT_SPREAD * source.shape[1]).flatten().tolist()
+        raise BadInputError(
+            "the landmarks of a face all lie on one point, so no alignment can be computed",
+            where=f"faces {bad}",
+            fix="re-detect the faces; landmarks must be distinct pixel positions",
+        )
+    a = (p[..., 0] * q[..., 0] + p[..., 1] * q[..., 1]).sum(dim=1) / spread
+    b = (p[..., 0] * q[..., 1] - p[..., 1] * q[..., 0]).sum(dim=1) / spread
+    linear = torch.stack([torch.stack([a, -b], dim=-1), torch.stack([b, a], dim=-1)], dim=1)  # (B, 2, 2)
+    translation = target_mean.squeeze(1) - (linear @ source_mean.transpose(1, 2)).squeeze(2)
+    matrices = torch.cat([linear, translation.unsqueeze(2)], dim=2)
+    return matrices.to(_result_dtype(points.dtype))
+
+
+def _check_matrices(matrices: torch.Tensor) -> None:
+    if not isinstance(matrices, torch.Tensor) or matrices.ndim != 3 or tuple(matrices.shape[1:]) != (2, 3):
+        shape = tuple(matrices.shape) if isinstance(matrices, torch.Tensor) else type(matrices).__name__
+        raise BadInputError(f"expected affine matrices of shape (B, 2, 3), got {shape}", where="alignment")
+
+
+def invert_affine(matrices: torch.Tensor) -> torch.Tensor:
+    """The inverse ``(B, 2, 3)`` transforms (crop -> image for image -> crop), like ``cv2.invertAffineTransform``."""
+    _check_matrices(matrices)
+    work = matrices.to(_work_dtype(matrices.device))
+    a, b, c = work[:, 0, 0], work[:, 0, 1], work[:, 0, 2]
+    d, e, f = work[:, 1, 0], work[:, 1, 1], work[:, 1, 2]
+    determinant = a * e - b * d
+    singular = determinant.abs() < 1e-12
+    if bool(singular.any()):
+        raise BadInputError(
+            "an affine matrix is singular and cannot be inverted",
+            where=f"matrices {torch.nonzero(singular).flatten().tolist()}",
+            fix="check the landmarks the matrices were estimated from",
+        )
+    inverse_linear = torch.stack([torch.stack([e, -b], dim=-1), torch.stack([-d, a], dim=-1)], dim=1)
+    inverse_linear = inverse_linear / determinant[:, None, None]
+    inverse_translation = -(inverse_linear @ torch.stack([c, f], dim=-1).unsqueeze(2))
+    inverse = torch.cat([inverse_linear, inverse_translation], dim=2)
+    return inverse.to(_result_dtype(matrices.dtype))
+
+
+def transform_points(points: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Apply ``(B, 2, 3)`` matrices to ``(B, N, 2)`` points; returns ``(B, N, 2)`` in the points' dtype."""
+    _check_matrices(matrices)
+    if not isinstance(points, torch.Tensor) or points.ndim != 3 or points.shape[-1] != 2:
+        shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+        raise BadInputError(f"expected points of shape (B, N, 2), got {shape}", where="alignment")
+    if points.shape[0] != matrices.shape[0]:
+        raise BadInputError(
+            f"{points.shape[0]} point sets but {matrices.shape[0]} matrices", where="alignment", fix="give one each"
+        )
+    work = torch.promote_types(_result_dtype(points.dtype), _result_dtype(matrices.dtype))
+    m = matrices.to(device=points.device, dtype=work)
+    moved = points.to(work) @ m[:, :, :2].transpose(1, 2) + m[:, :, 2].unsqueeze(1)
+    return moved.to(points.dtype)
+
+
+def warp_affine(
+    images: torch.Tensor,
+    matrices: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    image_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Warp images with affine matrices: output ``b`` is ``images[image_index[b]]`` seen through ``matrices[b]``.
+
+    Same semantics as ``cv2.warpAffine(src, M, (out_w, out_h), flags=INTER_LINEAR,
+    borderMode=BORDER_CONSTANT, borderValue=0)``: ``matrices`` map *source* pixels to
+    *output* pixels, pixel centres are at integers, samples outside the source blend with
+    zeros. ``images`` is ``(N, C, H, W)``, ``matrices`` ``(B, 2, 3)``, ``size`` is
+    ``(out_h, out_w)``; ``image_index`` ``(B,)`` defaults to ``arange(B)`` (then ``N == B``).
+    Returns ``(B, C, out_h, out_w)`` in the images' dtype and device; inputs are not modified.
+
+    Frames are never copied per face: faces of the same frame are sampled in one
+    ``grid_sample`` call, their output grids stacked along the height axis. Half-precision
+    images are sampled in float32 (normalised float16 coordinates would be off by up to
+    half a pixel on a 1080p frame) and the result is cast back.
+    """
+    _check_matrices(matrices)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+        raise BadInputError("expected float images of shape (N, C, H, W)", where="warp_affine")
+    out_h, out_w = (int(size[0]), int(size[1]))
+    if out_h < 1 or out_w < 1:
+        raise BadInputError(f"the output size must be positive, got {size}", where="warp_affine")
+    batch = int(matrices.shape[0])
+    num_images, channels, height, width = (int(n) for n in images.shape)
+    device = images.device
+    if image_index is None:
+        if num_images != batch:
+            raise BadInputError(
+                f"{batch} matrices for {num_images} images and no image_index",
+                where="warp_affine",
+                fix="pass image_index saying which image each matrix belongs to",
+            )
+        index = torch.arange(batch, device=device)
+    else:
+        index = torch.as_tensor(image_index, device=device).long().flatten()
+        if index.numel() != batch:
+            raise BadInputError(f"image_index has {index.numel()} entries for {batch} matrices", where="warp_affine")
+        if batch and (int(index.min()) < 0 or int(index.max()) >= num_images):
+            raise BadInputError(f"image_index refers to images outside the batch of {num_images}", where="warp_affine")
+    compute = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
+    if batch == 0:
+        return images.new_zeros((0, channels, out_h, out_w))
+
+    # For every output pixel, the source pixel it samples (cv2: dst(x, y) = src(M^-1 [x, y, 1])).
+    inverse = invert_affine(matrices.to(device)).to(compute)  # (B, 2, 3)
+    ys = torch.arange(out_h, device=device, dtype=compute)
+    xs = torch.arange(out_w, device=device, dtype=compute)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    base = torch.stack([grid_x, grid_y, torch.ones_like(grid_x)], dim=-1).reshape(1, -1, 3)  # (1, h*w, 3)
+    source = base @ inverse.transpose(1, 2)  # (B, h*w, 2) source pixel coordinates
+    # Pixel centres at integers -> grid_sample's align_corners=False coordinates (-1 and 1 are the outer edges).
+    scale = torch.tensor([2.0 / width, 2.0 / height], device=device, dtype=compute)
+    grid = (source * scale + (scale / 2 - 1)).reshape(batch, out_h, out_w, 2)
+
+    # Slot each face in its frame: faces of one frame are stacked along the grid's height axis.
+    counts = torch.bincount(index, minlength=num_images)
+    slots = int(counts.max())
+    order = torch.argsort(index, stable=True)
+    sorted_index = index[order]
+    starts = torch.cumsum(counts, dim=0) - counts
+    slot_of = torch.empty_like(index)
+    slot_of[order] = torch.arange(batch, device=device) - starts[sorted_index]
+    outside = torch.full((num_images, slots, out_h, out_w, 2), -4.0, device=device, dtype=compute)
+    outside[index, slot_of] = grid
+    source_images = images if images.dtype == compute else images.to(compute)
+    sampled = F.grid_sample(
+        source_images,
+        outside.reshape(num_images, slots * out_h, out_w, 2),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )  # (N, C, slots * h, w)
+    sampled = sampled.reshape(num_images, channels, slots, out_h, out_w).permute(0, 2, 1, 3, 4)
+    return sampled[index, slot_of].to(images.dtype)
+
+
+def align_faces(
+    images: torch.Tensor, faces: Sequence[Face], size: int, template: TemplateName = "arcface"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop every face to a ``size`` x ``size`` square aligned to ``template``.
+
+    ``images`` is the ``(N, 3, H, W)`` batch the faces were found in (``face.image_index``
+    says which image). Returns the crops ``(B, 3, size, size)`` in the images' dtype and
+    device, and the ``(B, 2, 3)`` float32 image -> crop matrices (on the same device).
+    """
+    check_images(images, where="images to align")
+    points_template = face_template(template, size)
+    device = images.device
+    if not faces:
+        return images.new_zeros((0, 3, size, size)), torch.zeros((0, 2, 3), device=device)
+    landmarks = np.stack([np.asarray(face.landmarks_5, dtype=np.float64) for face in faces])
+    if landmarks.shape[1:] != (5, 2):
+        raise BadInputError(f"faces need (5, 2) landmarks, got {landmarks.shape[1:]}", where="align_faces")
+    image_index = torch.tensor([int(face.image_index) for face in faces], dtype=torch.long)
+    if int(image_index.min()) < 0 or int(image_index.max()) >= images.shape[0]:
+        raise BadInputError(
+            f"a face refers to an image outside the batch of {images.shape[0]}",
+            where="align_faces",
+            fix="align faces with the image batch they were detected in",
+        )
+    # The 5-point fit is tiny: do it on the CPU in float64, then move the matrices to the images' device.
+    matrices = estimate_similarity(torch.from_numpy(landmarks), points_template).to(device=device, dtype=torch.float32)
+    crops = warp_affine(images, matrices, (size, size), image_index=image_index.to(device))
+    return crops, matrices
