@@ -69,7 +69,8 @@ _CANCEL_NORM = 1e-6
 #: Below this angle (radians) between two rows, slerp falls back to normalised linear interpolation.
 _PARALLEL_ANGLE = 1e-4
 #: Above pi minus this angle the two rows are opposite and the great circle between them is not unique.
-_ANTIPARALLEL_ANGLE = 1e-4
+#: (Unit float32 rows that are exact negatives already sit about 5e-4 below pi, from rounding.)
+_ANTIPARALLEL_ANGLE = 1e-3
 
 ArrayLike = npt.ArrayLike | torch.Tensor
 

@@ -1,0 +1,266 @@
+"""``facemagic identity``: make an identity file from one or more photos of one person."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+import torch
+
+from ..errors import BadInputError
+from ..identity import (
+    IDENTITY_SUFFIX,
+    SourceFace,
+    choose_source_faces,
+    identity_from_chosen_faces,
+    normalize_embedding,
+    save_identity,
+    similarity_matrix,
+)
+from ..images import load_image, save_image
+from ..types import FACE_ORDERS, FaceOrder
+from . import add_model_options
+
+if TYPE_CHECKING:
+    from ..analysis import FaceAnalyzer
+
+#: Detector backends the command line offers.
+DetectorBackend = Literal["insightface", "yunet"]
+DETECTOR_BACKENDS: tuple[str, ...] = get_args(DetectorBackend)
+
+#: Files a SOURCE folder contributes.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+#: A photo whose similarity to the mean of the other photos is below this probably shows someone else.
+DIFFERENT_PERSON_WARNING = 0.3
+#: Side of the aligned crops in the preview picture (the recogniser's own input size).
+PREVIEW_SIZE = 112
+
+
+def build_analyzer(model_dir: Path, backend: str, device: str) -> FaceAnalyzer:
+    """A face analyzer from the model folder: the buffalo_l pack, or YuNet + ArcFace w600k_r50.
+
+    Missing models are downloaded into ``model_dir``; when that is impossible,
+    :class:`~facemagic_core.errors.ModelNotFoundError` says which file to put where.
+    """
+    from ..analysis import FaceAnalyzer
+    from ..hub import ensure_model
+    from ..runtime import onnx_providers
+
+    if backend not in DETECTOR_BACKENDS:
+        raise BadInputError(f"unknown detector {backend!r}", fix=f"use one of {', '.join(DETECTOR_BACKENDS)}")
+    providers = onnx_providers(device)
+    if backend == "insightface":
+        return FaceAnalyzer.from_pack(ensure_model("buffalo_l", model_dir), providers=providers)
+    detector = ensure_model("yunet", model_dir)
+    recognizer = ensure_model("arcface_w600k_r50", model_dir)
+    return FaceAnalyzer(backend="yunet", detector=detector, recognizer=recognizer, providers=providers)
+
+
+def parse_face_index(text: str) -> int | list[int]:
+    """``"2"`` -> 2 (every photo); ``"0,1,0"`` -> one index per photo."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number such as 0, or numbers such as 0,1,0; got {text!r}"
+        ) from None
+    if any(value < 0 for value in values):
+        raise argparse.ArgumentTypeError(f"face indices start at 0, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def wrap_description(text: str) -> str:
+    """``text`` wrapped to the terminal, for parsers whose epilog keeps its own line breaks."""
+    width = max(40, min(shutil.get_terminal_size().columns, 100) - 2)
+    return "\n\n".join(textwrap.fill(paragraph, width) for paragraph in text.split("\n\n"))
+
+
+def add_face_options(
+    parser: argparse.ArgumentParser,
+    *,
+    per_input: str = "give one number per photo, separated by commas (0,1,0), to choose in each photo",
+) -> None:
+    """Options that choose the face in each photo and the detector that finds it."""
+    parser.add_argument(
+        "--face-index",
+        type=parse_face_index,
+        default=0,
+        metavar="N",
+        help=f"which face to use when a photo shows several people: 0 is the first in --order, 1 the second, "
+        f"and so on; {per_input} (default: 0)",
+    )
+    parser.add_argument(
+        "--order",
+        choices=FACE_ORDERS,
+        default="largest",
+        metavar="ORDER",
+        help=f"how the faces in a photo are counted for --face-index: {', '.join(FACE_ORDERS)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--detector",
+        choices=DETECTOR_BACKENDS,
+        default="insightface",
+        help="face detector: insightface (the buffalo_l pack: accurate, ~330 MB) or yunet (small and fast, with "
+        "the ArcFace w600k_r50 recogniser); both give the same kind of identity (default: %(default)s)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "identity",
+        help="make an identity file from photos of one person",
+        description=wrap_description(
+            "Make an identity file (.safetensors) from one or more photos of the person whose face you want "
+            "to put into other images. With several photos the identity is their average, which is usually "
+            "more faithful than one photo. The file is used by 'facemagic swap' and the ComfyUI Load Identity node."
+            "\n\nThe command prints which face it used in each photo and how alike the photos are, and warns "
+            "when a photo seems to show someone else. Models are downloaded into --models on first use."
+        ),
+        epilog=(
+            "examples:\n"
+            "  facemagic identity me.jpg -o me.safetensors\n"
+            "  facemagic identity photos/ -o me.safetensors --preview faces.png\n"
+            "  facemagic identity group.jpg -o friend.safetensors --order left_to_right --face-index 2"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        type=Path,
+        metavar="SOURCE",
+        help="photos of the person (JPEG, PNG, WebP), or folders of photos; one face is used from each photo",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help=f"the identity file to write, ending in {IDENTITY_SUFFIX} (e.g. person{IDENTITY_SUFFIX})",
+    )
+    add_face_options(parser)
+    parser.add_argument(
+        "--preview",
+        type=Path,
+        metavar="PICTURE",
+        help="also save the face crops that were used, side by side, as a picture (e.g. crop.png), "
+        "to check that the right faces were picked",
+    )
+    add_model_options(parser)
+    parser.set_defaults(handler=run_identity)
+
+
+def collect_image_paths(sources: Sequence[Path]) -> list[Path]:
+    """The image files named by ``sources``: files as given, folders by their image files in name order."""
+    paths: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise BadInputError(
+                    "the folder holds no image files",
+                    where=str(source),
+                    fix=f"put photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in it, or name the files directly",
+                )
+            paths.extend(found)
+        else:
+            paths.append(source)  # load_image says so when it is missing
+    return paths
+
+
+def _source_names(paths: Sequence[Path]) -> list[str]:
+    """File names, or the paths as given where two files share a name."""
+    names = [path.name for path in paths]
+    return [str(path) if names.count(path.name) > 1 else path.name for path in paths]
+
+
+def _leave_one_out_similarity(embeddings: np.ndarray[Any, Any]) -> list[float]:
+    """Similarity of each (normalised) embedding to the normalised mean of the others."""
+    total = embeddings.sum(axis=0)
+    result = []
+    for row in embeddings:
+        others = total - row
+        norm = float(np.linalg.norm(others))
+        result.append(float(row @ others / norm) if norm > 1e-6 else 0.0)
+    return result
+
+
+def save_preview(images: Sequence[torch.Tensor], chosen: Sequence[SourceFace], path: Path) -> None:
+    """Save the aligned crops of the chosen faces (what the recogniser saw), side by side."""
+    from ..align import align_faces
+
+    crops = []
+    for image, item in zip(images, chosen, strict=True):
+        face = dataclasses.replace(item.face, image_index=0)
+        crop, _ = align_faces(image, [face], PREVIEW_SIZE, "arcface")
+        crops.append(crop[0])
+    save_image(torch.cat(crops, dim=2), path)
+
+
+def print_summary(chosen: Sequence[SourceFace], order: str) -> None:
+    """Faces used per photo, how alike the photos are, and warnings for photos that look like someone else."""
+    print(f"Faces used ({len(chosen)} photo{'s' if len(chosen) != 1 else ''}):")
+    for number, item in enumerate(chosen):
+        face = item.face
+        print(
+            f"  {number + 1}. {item.source}: face {item.index} of {item.faces_found} ({order} first), "
+            f"{face.width:.0f}x{face.height:.0f} px at ({face.bbox[0]:.0f}, {face.bbox[1]:.0f}), "
+            f"detector score {face.score:.2f}"
+        )
+    if len(chosen) < 2:
+        return
+    normalized = normalize_embedding(np.stack([np.asarray(item.face.embedding) for item in chosen]))
+    similarities = similarity_matrix(normalized)
+    print("Similarity between the photos (1 = identical, above about 0.4 = likely the same person):")
+    width = max(7, len(str(len(chosen))) + 2)
+    print("    " + "".join(f"{number + 1:>{width}}" for number in range(len(chosen))))
+    for number, row in enumerate(similarities):
+        print(f"{number + 1:>4}" + "".join(f"{value:>{width}.2f}" for value in row))
+    if len(chosen) == 2:
+        if similarities[0, 1] < DIFFERENT_PERSON_WARNING:
+            print(
+                f"warning: the two photos look like different people: similarity {similarities[0, 1]:.2f}, "
+                f"below {DIFFERENT_PERSON_WARNING}. Check that both show the same person, "
+                "or choose another face with --face-index (see --preview)."
+            )
+        return
+    to_others = _leave_one_out_similarity(normalized.astype(np.float64))
+    print("Similarity of each photo to the mean of the others: " + ", ".join(f"{v:.2f}" for v in to_others))
+    for number, (item, value) in enumerate(zip(chosen, to_others, strict=True)):
+        if value < DIFFERENT_PERSON_WARNING:
+            print(
+                f"warning: photo {number + 1} ({item.source}) looks like a different person: similarity {value:.2f} "
+                f"to the mean of the others, below {DIFFERENT_PERSON_WARNING}. Check that it shows the same person, "
+                "or choose another face in it with --face-index (see --preview)."
+            )
+
+
+def run_identity(args: argparse.Namespace) -> int:
+    paths = collect_image_paths(args.sources)
+    output = Path(args.output)
+    if output.suffix.lower() != IDENTITY_SUFFIX:
+        raise BadInputError(
+            f"the identity file must end in {IDENTITY_SUFFIX}",
+            where=str(output),
+            fix=f"use -o {output.with_suffix(IDENTITY_SUFFIX)}",
+        )
+    images = [load_image(path) for path in paths]
+    analyzer = build_analyzer(args.models, args.detector, args.device)
+    order: FaceOrder = args.order
+    chosen = choose_source_faces(analyzer, images, order=order, index=args.face_index, sources=_source_names(paths))
+    identity = identity_from_chosen_faces(chosen, embedding_model=analyzer.embedding_model, order=order)
+    print_summary(chosen, order)
+    save_identity(identity, output)
+    if args.preview is not None:
+        save_preview(images, chosen, args.preview)
+        print(f"Saved the face crops to {args.preview}")
+    print(f"Saved the identity ({identity.embedding_model}) to {os.fspath(output)}")
+    return 0
