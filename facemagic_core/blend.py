@@ -1,0 +1,620 @@
+"""Putting swapped faces back into their frames: masks, colour matching, paste-back.
+
+Pipeline order: :func:`create_face_mask` (in crop space) → :func:`match_colour` (swapped
+crop towards the target crop) → :func:`paste_back` (batched, in torch, on the frames'
+device) or :func:`poisson_blend` (OpenCV, CPU, slow). :func:`paste_back_reference` is the
+baseline the benchmark compares with: insightface's numpy/OpenCV paste-back, one face at a
+time over the whole frame.
+
+Tensors: frames ``(N, 3, H, W)``, crops ``(B, 3, S, S)`` and masks ``(B, 1, S, S)`` in
+[0, 1]; ``matrices`` ``(B, 2, 3)`` map *image* pixels to *crop* pixels (what
+:func:`facemagic_core.align.align_faces` returns); ``image_index`` ``(B,)`` says which
+frame each face belongs to. Inputs are never modified.
+
+Sizes in masks are fractions of the face size, which in an aligned crop is the crop side
+``S`` by default: the ArcFace template puts the eyes 0.31 S apart and the face (brows to
+chin) across the whole crop. Pass ``face_size`` in crop pixels for templates with more
+margin (FFHQ-style crops).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Literal, get_args
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from .align import invert_affine, warp_affine
+from .errors import BadInputError
+from .types import Device
+
+logger = logging.getLogger(__name__)
+
+#: Face mask shapes: the whole crop (with a margin), an ellipse over the face, the convex hull of the landmarks.
+MaskKind = Literal["box", "ellipse", "hull"]
+MASK_KINDS: tuple[str, ...] = get_args(MaskKind)
+
+#: Colour matching of the swapped face to the target: none, per-channel mean/std in RGB, the same in CIE Lab.
+ColourMethod = Literal["none", "mean_std", "lab"]
+COLOUR_METHODS: tuple[str, ...] = get_args(ColourMethod)
+
+#: The ellipse mask as fractions of the crop side: centre x, centre y, half width, half height. It covers brows to
+#: chin and cheek to cheek in an ArcFace-aligned crop (eyes at y = 0.46, mouth corners at y = 0.82 of the side).
+ELLIPSE = (0.5, 0.53, 0.40, 0.46)
+
+#: Standard deviation ratios used by colour matching are clamped to this range, so that a flat (e.g. dark) face
+#: region is not stretched into noise.
+STD_RATIO_RANGE = (0.25, 4.0)
+
+_SNAP = 1e-4  # mask values this close to 0 or 1 become exactly 0 or 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mask building blocks (torch, batched)
+
+
+def gaussian_blur(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, H, W)`` with a kernel truncated at ``radius`` (sigma = radius / 3).
+
+    Zero padding: values beyond the image count as 0. ``radius <= 0`` returns a copy.
+    """
+    if radius <= 0:
+        return masks.clone()
+    sigma = radius / 3.0
+    offsets = torch.arange(-radius, radius + 1, device=masks.device, dtype=masks.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma * sigma))
+    kernel = kernel / kernel.sum()
+    channels = masks.shape[1]
+    horizontal = kernel.reshape(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    vertical = kernel.reshape(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    out = F.conv2d(masks, horizontal, padding=(0, radius), groups=channels)
+    return F.conv2d(out, vertical, padding=(radius, 0), groups=channels)
+
+
+def erode_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grey-level erosion (minimum over a ``(2r+1)`` square) of ``(B, C, H, W)``; outside the image counts as 0.
+
+    Separable (a row minimum, then a column minimum), so the cost grows with ``r``, not ``r²``.
+    """
+    if radius <= 0:
+        return masks.clone()
+    size = 2 * radius + 1
+    negative = F.pad(-masks, (radius, radius, radius, radius), value=0.0)  # -0: outside is 0 after negation
+    rows = F.max_pool2d(negative, kernel_size=(1, size), stride=1)
+    both = F.max_pool2d(rows, kernel_size=(size, 1), stride=1)
+    return -both
+
+
+def _pixel_grid(size: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    coords = torch.arange(size, device=device, dtype=dtype)
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    return xs, ys
+
+
+def _box_shape(size: int, batch: int, margin: float, device: torch.device) -> torch.Tensor:
+    inset = round(margin * size)
+    mask = torch.zeros((batch, 1, size, size), device=device)
+    if inset < size - inset:
+        mask[:, :, inset : size - inset, inset : size - inset] = 1.0
+    return mask
+
+
+def _ellipse_shape(size: int, batch: int, device: torch.device) -> torch.Tensor:
+    centre_x, centre_y, half_w, half_h = ELLIPSE
+    xs, ys = _pixel_grid(size, device, torch.float32)
+    # Pixel centres at integers: the crop spans [-0.5, size - 0.5].
+    inside = ((xs - (centre_x * size - 0.5)) / (half_w * size)) ** 2 + (
+        (ys - (centre_y * size - 0.5)) / (half_h * size)
+    ) ** 2 <= 1.0
+    return inside.to(torch.float32).expand(batch, 1, size, size).clone()
+
+
+def convex_hulls(landmarks: npt.ArrayLike | torch.Tensor) -> list[npt.NDArray[np.float64]]:
+    """Per face, the convex hull ``(K, 2)`` of its landmarks, counter-clockwise in the algebraic sense (area > 0)."""
+    if isinstance(landmarks, torch.Tensor):
+        points = landmarks.detach().to("cpu", torch.float32).numpy()
+    else:
+        points = np.asarray(landmarks, dtype=np.float32)
+    hulls = []
+    for face in points:
+        hull = cv2.convexHull(np.ascontiguousarray(face)).reshape(-1, 2).astype(np.float64)
+        x, y = hull[:, 0], hull[:, 1]
+        area = 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+        hulls.append(hull[::-1].copy() if area < 0 else hull)
+    return hulls
+
+
+def _hull_shape(landmarks: object, size: int, batch: int, device: torch.device) -> torch.Tensor:
+    if isinstance(landmarks, torch.Tensor):
+        points = landmarks.detach().to("cpu", torch.float32).numpy()
+    else:
+        points = np.asarray(landmarks, dtype=np.float32)
+    if points.ndim != 3 or points.shape[0] != batch or points.shape[2] != 2 or points.shape[1] < 3:
+        raise BadInputError(
+            f"the hull mask needs (B={batch}, N>=3, 2) landmarks in crop pixels, got shape {tuple(points.shape)}",
+            where="create_face_mask",
+            fix="transform the face's dense landmarks into the crop with align.transform_points",
+        )
+    if not np.all(np.isfinite(points)):
+        raise BadInputError("the landmarks contain NaN or infinite values", where="create_face_mask")
+    hulls = convex_hulls(points)
+    longest = max(len(h) for h in hulls)
+    # Pad every hull to the same vertex count by repeating its last vertex (a zero-length edge accepts every pixel).
+    padded = np.stack([np.concatenate([h, np.repeat(h[-1:], longest - len(h), axis=0)]) for h in hulls])
+    vertices = torch.from_numpy(padded).to(device=device, dtype=torch.float32)  # (B, K, 2)
+    following = torch.roll(vertices, shifts=-1, dims=1)
+    xs, ys = _pixel_grid(size, device, torch.float32)
+    inside = torch.ones((batch, size, size), dtype=torch.bool, device=device)
+    for k in range(longest):  # one half-plane per hull edge, all faces and pixels at once
+        start, end = vertices[:, k], following[:, k]
+        edge_x, edge_y = (end[:, 0] - start[:, 0])[:, None, None], (end[:, 1] - start[:, 1])[:, None, None]
+        cross = edge_x * (ys[None] - start[:, 1, None, None]) - edge_y * (xs[None] - start[:, 0, None, None])
+        inside &= cross >= 0
+    areas = [0.5 * float(np.sum(h[:, 0] * np.roll(h[:, 1], -1) - np.roll(h[:, 0], -1) * h[:, 1])) for h in hulls]
+    for face, area in enumerate(areas):
+        if area < 1.0:
+            logger.warning("face %d: its landmarks enclose no area; the hull mask is empty", face)
+            inside[face] = False
+    return inside.unsqueeze(1).to(torch.float32)
+
+
+def create_face_mask(
+    kind: MaskKind,
+    size: int,
+    batch: int,
+    *,
+    landmarks: npt.ArrayLike | torch.Tensor | None = None,
+    erosion: float = 0.05,
+    feather: float = 0.1,
+    external: torch.Tensor | None = None,
+    box_margin: float = 0.0,
+    face_size: float | None = None,
+    device: Device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Soft face masks ``(B, 1, S, S)`` in [0, 1], in crop space, on ``device``.
+
+    - ``kind``: ``"box"`` (the crop minus ``box_margin`` on each side), ``"ellipse"`` (see
+      :data:`ELLIPSE`) or ``"hull"`` (convex hull of ``landmarks``, ``(B, N, 2)`` in crop
+      pixels; give 68 or 106 points: 5 points only cover eyes to mouth).
+    - ``erosion``: the shape shrinks by this fraction of the face size (a square minimum filter).
+    - ``feather``: width of the soft edge as a fraction of the face size (a Gaussian of radius
+      ``feather * face_size / 2``). The hard shape is kept that radius (+1 px) away from the
+      crop border, so the mask is exactly 0 on the crop's outer pixels and the pasted crop
+      leaves no seam.
+    - ``external``: an optional ``(B, 1, S, S)`` (or ``(1, 1, S, S)``) mask, e.g. from an
+      occlusion or face-parsing model, combined by minimum (facefusion's convention) after
+      feathering; it is used as given (not eroded or blurred).
+    - ``face_size``: the face size in crop pixels; default ``S`` (see the module docstring).
+
+    Defaults: erosion 0.05 hides the last ring of the generator's output, where swap models
+    are least accurate; feather 0.1 gives a soft edge about as wide as insightface's blur
+    relative to the face (its kernel is 2 * face_size / 20 + 1).
+    """
+    if kind not in MASK_KINDS:
+        raise BadInputError(
+            f"unknown mask kind {kind!r}", where="create_face_mask", fix=f"use one of {', '.join(MASK_KINDS)}"
+        )
+    if not isinstance(size, int) or size < 8:
+        raise BadInputError(f"the crop size must be an integer of at least 8, got {size!r}", where="create_face_mask")
+    if not isinstance(batch, int) or batch < 0:
+        raise BadInputError(f"the batch size must be a non-negative integer, got {batch!r}", where="create_face_mask")
+    for name, value, high in (("erosion", erosion, 0.5), ("feather", feather, 1.0), ("box_margin", box_margin, 0.5)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= high):
+            raise BadInputError(f"{name} must be between 0 and {high}, got {value!r}", where="create_face_mask")
+    scale = float(size if face_size is None else face_size)
+    if not (math.isfinite(scale) and scale > 0):
+        raise BadInputError(f"face_size must be positive, got {face_size!r}", where="create_face_mask")
+    target_device = torch.device(device) if device is not None else torch.device("cpu")
+    if batch == 0:
+        return torch.zeros((0, 1, size, size), device=target_device, dtype=dtype)
+
+    if kind == "box":
+        shape = _box_shape(size, batch, box_margin, target_device)
+    elif kind == "ellipse":
+        shape = _ellipse_shape(size, batch, target_device)
+    else:
+        if landmarks is None:
+            raise BadInputError(
+                "the hull mask needs landmarks", where="create_face_mask", fix="pass landmarks in crop pixels"
+            )
+        shape = _hull_shape(landmarks, size, batch, target_device)
+
+    # Keep the hard shape one blur radius (+1 px) inside the crop, then erode, then feather: the result is exactly 0
+    # on the crop's outer pixels and every bit of erosion shrinks the mask.
+    radius = min(round(feather * scale / 2), (size - 3) // 2)
+    border = radius + 1
+    shape[:, :, :border, :] = 0.0
+    shape[:, :, size - border :, :] = 0.0
+    shape[:, :, :, :border] = 0.0
+    shape[:, :, :, size - border :] = 0.0
+    shape = erode_masks(shape, round(erosion * scale))
+    mask = gaussian_blur(shape, radius)
+
+    if external is not None:
+        if not isinstance(external, torch.Tensor) or external.ndim != 4 or external.shape[1:] != (1, size, size):
+            got = tuple(external.shape) if isinstance(external, torch.Tensor) else type(external).__name__
+            raise BadInputError(
+                f"the external mask must be (B, 1, {size}, {size}), got {got}",
+                where="create_face_mask",
+                fix="resize the mask to the crop size (it is in crop space, like the face mask)",
+            )
+        if external.shape[0] not in (1, batch):
+            raise BadInputError(
+                f"the external mask has {external.shape[0]} masks for {batch} faces", where="create_face_mask"
+            )
+        mask = torch.minimum(mask, external.to(device=target_device, dtype=mask.dtype))
+    # Snap the Gaussian's numerical tails: the core is exactly 1 (the crop is pasted as is), the outside exactly 0.
+    mask = mask.clamp(0.0, 1.0)
+    mask = torch.where(mask >= 1.0 - _SNAP, torch.ones_like(mask), torch.where(mask <= _SNAP, 0.0, mask))
+    return mask.to(dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Colour
+
+
+_SRGB_TO_XYZ = (
+    (0.4124564, 0.3575761, 0.1804375),
+    (0.2126729, 0.7151522, 0.0721750),
+    (0.0193339, 0.1191920, 0.9503041),
+)
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+_LAB_DELTA = 6.0 / 29.0
+
+
+def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
+    """sRGB ``(B, 3, H, W)`` in [0, 1] → CIE Lab (D65): L in [0, 100], a and b about [-128, 127]."""
+    rgb = images.clamp(0.0, 1.0)
+    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    matrix = torch.tensor(_SRGB_TO_XYZ, device=images.device, dtype=images.dtype)
+    xyz = torch.einsum("ij,bjhw->bihw", matrix, linear)
+    white = torch.tensor(_D65_WHITE, device=images.device, dtype=images.dtype).reshape(1, 3, 1, 1)
+    t = xyz / white
+    f = torch.where(t > _LAB_DELTA**3, t.clamp_min(1e-12) ** (1.0 / 3.0), t / (3 * _LAB_DELTA**2) + 4.0 / 29.0)
+    lightness = 116.0 * f[:, 1:2] - 16.0
+    a = 500.0 * (f[:, 0:1] - f[:, 1:2])
+    b = 200.0 * (f[:, 1:2] - f[:, 2:3])
+    return torch.cat([lightness, a, b], dim=1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """CIE Lab (D65) ``(B, 3, H, W)`` → sRGB in [0, 1] (clamped); the inverse of :func:`rgb_to_lab`."""
+    fy = (lab[:, 0:1] + 16.0) / 116.0
+    fx = fy + lab[:, 1:2] / 500.0
+    fz = fy - lab[:, 2:3] / 200.0
+    f = torch.cat([fx, fy, fz], dim=1)
+    t = torch.where(f > _LAB_DELTA, f**3, 3 * _LAB_DELTA**2 * (f - 4.0 / 29.0))
+    white = torch.tensor(_D65_WHITE, device=lab.device, dtype=lab.dtype).reshape(1, 3, 1, 1)
+    matrix = torch.linalg.inv(torch.tensor(_SRGB_TO_XYZ, dtype=torch.float64)).to(device=lab.device, dtype=lab.dtype)
+    linear = torch.einsum("ij,bjhw->bihw", matrix, t * white).clamp(0.0, 1.0)
+    return torch.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear.clamp_min(1e-12) ** (1 / 2.4) - 0.055).clamp(
+        0.0, 1.0
+    )
+
+
+def _masked_statistics(values: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted per-channel mean and standard deviation ``(B, C, 1, 1)`` and the weight sum ``(B, 1, 1, 1)``."""
+    total = weights.sum(dim=(2, 3), keepdim=True)
+    safe = total.clamp_min(1e-6)
+    mean = (values * weights).sum(dim=(2, 3), keepdim=True) / safe
+    variance = (((values - mean) ** 2) * weights).sum(dim=(2, 3), keepdim=True) / safe
+    return mean, variance.clamp_min(0.0).sqrt(), total
+
+
+def match_colour(
+    swapped: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, method: ColourMethod = "mean_std"
+) -> torch.Tensor:
+    """Shift the swapped crops' colours towards the target crops' (Reinhard-style statistics transfer).
+
+    Per face and channel, the mean and standard deviation inside ``mask`` (``(B, 1, S, S)``
+    weights) are measured on both crops; the swapped crop is mapped ``(x - mean_s) / std_s *
+    std_t + mean_t`` (the std ratio clamped to :data:`STD_RATIO_RANGE`), in RGB for
+    ``"mean_std"`` and in CIE Lab for ``"lab"`` (which moves lightness and tint separately).
+    The whole crop is mapped; the paste-back mask decides what is seen. Faces with an empty
+    mask are returned unchanged. Returns a new tensor in ``swapped``'s dtype, clamped to [0, 1].
+    """
+    if method not in COLOUR_METHODS:
+        raise BadInputError(
+            f"unknown colour matching method {method!r}",
+            where="match_colour",
+            fix=f"use one of {', '.join(COLOUR_METHODS)}",
+        )
+    for name, tensor, channels in (("swapped", swapped, 3), ("target", target, 3), ("mask", mask, 1)):
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4 or tensor.shape[1] != channels:
+            got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise BadInputError(f"expected {name} of shape (B, {channels}, S, S), got {got}", where="match_colour")
+    if swapped.shape != target.shape or mask.shape[0] != swapped.shape[0] or mask.shape[2:] != swapped.shape[2:]:
+        raise BadInputError(
+            f"swapped {tuple(swapped.shape)}, target {tuple(target.shape)} and mask {tuple(mask.shape)} do not match",
+            where="match_colour",
+        )
+    if method == "none":
+        return swapped.clone()
+    compute = torch.float64 if swapped.dtype == torch.float64 else torch.float32
+    source = swapped.to(compute)
+    reference = target.to(device=swapped.device, dtype=compute)
+    weights = mask.to(device=swapped.device, dtype=compute).clamp(0.0, 1.0)
+    if method == "lab":
+        source, reference = rgb_to_lab(source), rgb_to_lab(reference)
+    mean_s, std_s, total = _masked_statistics(source, weights)
+    mean_t, std_t, _ = _masked_statistics(reference, weights)
+    ratio = (std_t / std_s.clamp_min(1e-6)).clamp(*STD_RATIO_RANGE)
+    mapped = (source - mean_s) * ratio + mean_t
+    if method == "lab":
+        mapped = lab_to_rgb(mapped)
+    mapped = torch.where(total > 1e-6, mapped, swapped.to(compute))
+    return mapped.clamp(0.0, 1.0).to(swapped.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Paste-back
+
+
+def _check_faces(
+    frames: torch.Tensor,
+    crops: torch.Tensor,
+    masks: torch.Tensor,
+    matrices: torch.Tensor,
+    image_index: torch.Tensor | npt.ArrayLike,
+    *,
+    where: str,
+) -> torch.Tensor:
+    """Validate the paste-back inputs; return ``image_index`` as a CPU long tensor."""
+    # Shape and dtype only: scanning whole frames for NaN costs more than the paste itself, and the pipeline
+    # checked the frames (check_images) when they came in.
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[1] != 3 or frames.shape[0] == 0:
+        got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise BadInputError(f"expected frames of shape (N, 3, H, W), got {got}", where=where)
+    if not frames.is_floating_point():
+        raise BadInputError(
+            f"expected float frames in [0, 1], got {frames.dtype}", where=where, fix="convert with frames.float() / 255"
+        )
+    if (
+        not isinstance(crops, torch.Tensor)
+        or crops.ndim != 4
+        or crops.shape[1] != 3
+        or crops.shape[2] != crops.shape[3]
+    ):
+        got = tuple(crops.shape) if isinstance(crops, torch.Tensor) else type(crops).__name__
+        raise BadInputError(f"expected square crops (B, 3, S, S), got {got}", where=where)
+    batch, size = int(crops.shape[0]), int(crops.shape[2])
+    if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (batch, 1, size, size):
+        got = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise BadInputError(
+            f"expected masks of shape ({batch}, 1, {size}, {size}), got {got}",
+            where=where,
+            fix="build them with create_face_mask(kind, size, batch)",
+        )
+    if not isinstance(matrices, torch.Tensor) or tuple(matrices.shape) != (batch, 2, 3):
+        got = tuple(matrices.shape) if isinstance(matrices, torch.Tensor) else type(matrices).__name__
+        raise BadInputError(f"expected ({batch}, 2, 3) image -> crop matrices, got {got}", where=where)
+    index = torch.as_tensor(image_index).detach().to("cpu").reshape(-1)
+    if index.numel() != batch:
+        raise BadInputError(f"expected {batch} frame indices (one per face), got {index.numel()}", where=where)
+    if index.is_floating_point() and not bool((index == index.round()).all()):
+        raise BadInputError("frame indices must be whole numbers", where=where)
+    index = index.long()
+    if batch and (int(index.min()) < 0 or int(index.max()) >= frames.shape[0]):
+        raise BadInputError(
+            f"a face refers to a frame outside the batch of {frames.shape[0]}",
+            where=where,
+            fix="pass image_index values between 0 and the number of frames - 1",
+        )
+    for name, tensor in (("crops", crops), ("masks", masks), ("matrices", matrices)):
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise BadInputError(f"the {name} must be finite float values", where=where)
+    return index
+
+
+def face_regions(matrices: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
+    """Integer frame regions ``(B, 4)`` = x0, y0, x1, y1 (end exclusive, clipped) covered by each crop.
+
+    The crop's outer corners (pixel edges at -0.5 and S - 0.5) are mapped back to the frame;
+    the region is their bounding box, widened by one pixel for bilinear sampling. A crop that
+    lies entirely outside the frame gets an empty region (x1 <= x0 or y1 <= y0).
+    """
+    inverse = invert_affine(matrices.detach().to("cpu", torch.float64))
+    edge = size - 0.5
+    corners = torch.tensor(
+        [[-0.5, -0.5, 1.0], [edge, -0.5, 1.0], [-0.5, edge, 1.0], [edge, edge, 1.0]], dtype=inverse.dtype
+    )
+    mapped = torch.einsum("kj,bij->bki", corners, inverse)  # (B, 4 corners, 2)
+    low = torch.floor(mapped.amin(dim=1)) - 1
+    high = torch.ceil(mapped.amax(dim=1)) + 2
+    x0 = low[:, 0].clamp(0, width)
+    y0 = low[:, 1].clamp(0, height)
+    x1 = high[:, 0].clamp(0, width)
+    y1 = high[:, 1].clamp(0, height)
+    return torch.stack([x0, y0, x1, y1], dim=1).long()
+
+
+def paste_back(
+    frames: torch.Tensor,
+    crops: torch.Tensor,
+    masks: torch.Tensor,
+    matrices: torch.Tensor,
+    image_index: torch.Tensor | npt.ArrayLike,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composite the crops into copies of their frames; returns ``(frames (N, 3, H, W), masks (N, H, W))``.
+
+    Each face is warped back (crop and mask together, with :func:`align.warp_affine`) into
+    a region of the frame just large enough for it, all faces in one batch; only those
+    regions are read and written. Faces of the same frame are composited in batch order
+    (a later face covers an earlier one). ``frame = frame + m * (crop - frame)`` where the
+    mask ``m`` is strictly between 0 and 1, the crop where ``m >= 1`` and the frame's own
+    values, bit for bit, where ``m <= 0``. The returned frame mask is the maximum of the
+    face masks. Output dtype and device are the frames'; the compositing runs in float32
+    (float64 for float64 frames).
+    """
+    index = _check_faces(frames, crops, masks, matrices, image_index, where="paste_back")
+    num_frames, channels, height, width = (int(n) for n in frames.shape)
+    batch, size = int(crops.shape[0]), int(crops.shape[2])
+    device = frames.device
+    compute = torch.float64 if frames.dtype == torch.float64 else torch.float32
+    output = frames.detach().clone().contiguous()
+    frame_masks = torch.zeros((num_frames * height * width,), device=device, dtype=compute)
+    if batch == 0:
+        return output, frame_masks.reshape(num_frames, height, width).to(frames.dtype)
+
+    regions = face_regions(matrices, size, height, width)  # (B, 4) CPU
+    region_h = int((regions[:, 3] - regions[:, 1]).clamp_min(0).max())
+    region_w = int((regions[:, 2] - regions[:, 0]).clamp_min(0).max())
+    if region_h == 0 or region_w == 0:
+        logger.debug("paste_back: every face lies outside its frame")
+        return output, frame_masks.reshape(num_frames, height, width).to(frames.dtype)
+
+    # crop -> region matrices: crop -> frame, then shift the region's corner to (0, 0).
+    # (B x 6 numbers: done on the CPU in float64, which every device can then take in its compute dtype.)
+    crop_to_frame = invert_affine(matrices.detach().to("cpu", torch.float64))
+    shift = torch.zeros_like(crop_to_frame)
+    shift[:, 0, 2] = regions[:, 0].to(shift.dtype)
+    shift[:, 1, 2] = regions[:, 1].to(shift.dtype)
+    crop_to_region = (crop_to_frame - shift).to(device=device, dtype=compute)
+    stacked = torch.cat([crops.to(device=device, dtype=compute), masks.to(device=device, dtype=compute)], dim=1)
+    warped = warp_affine(stacked, crop_to_region, (region_h, region_w))  # (B, 4, Rh, Rw)
+
+    # Flat frame positions of every region pixel, and which of them are inside the face's own clipped region.
+    on_device = regions.to(device)
+    rows = torch.arange(region_h, device=device)
+    cols = torch.arange(region_w, device=device)
+    ys = on_device[:, 1, None] + rows[None]  # (B, Rh)
+    xs = on_device[:, 0, None] + cols[None]  # (B, Rw)
+    valid = (ys < on_device[:, 3, None])[:, :, None] & (xs < on_device[:, 2, None])[:, None, :]  # (B, Rh, Rw)
+    frame_of = index.to(device)
+    pixel = frame_of[:, None, None] * (height * width) + ys[:, :, None] * width + xs[:, None, :]  # (B, Rh, Rw)
+    face_mask = warped[:, 3] * valid  # (B, Rh, Rw); 0 outside the face's region
+    face_mask = face_mask.clamp(0.0, 1.0)
+
+    # The frame mask: maximum of the face masks (order does not matter).
+    frame_masks.scatter_reduce_(0, pixel[valid], face_mask[valid], reduce="amax")
+
+    # Composite in rounds: round r takes the r-th face of every frame, so no pixel is written twice per round.
+    rank = torch.zeros(batch, dtype=torch.long)
+    seen: dict[int, int] = {}
+    for face, frame in enumerate(index.tolist()):
+        rank[face] = seen.get(frame, 0)
+        seen[frame] = int(rank[face]) + 1
+    flat = output.view(-1)
+    channel_offset = (torch.arange(channels, device=device) * (height * width))[:, None]  # (C, 1)
+    frame_offset = (frame_of * ((channels - 1) * height * width))[:, None, None]  # frames hold C planes each
+    for round_index in range(int(rank.max()) + 1):
+        chosen = torch.nonzero(rank == round_index).flatten().to(device)
+        keep = valid[chosen] & (face_mask[chosen] > 0)
+        if not bool(keep.any()):
+            continue
+        base = (pixel[chosen] + frame_offset[chosen])[keep]  # (P,) position of channel 0
+        positions = base[None, :] + channel_offset  # (C, P)
+        weight = face_mask[chosen][keep][None, :]  # (1, P)
+        colour = warped[chosen, :channels].permute(1, 0, 2, 3)[:, keep]  # (C, P)
+        original = flat[positions]
+        blended = (original.to(compute) + weight * (colour - original.to(compute))).to(frames.dtype)
+        flat[positions] = torch.where(weight >= 1.0, colour.to(frames.dtype), blended)
+    logger.debug("pasted %d faces into %d frames (regions up to %dx%d)", batch, num_frames, region_w, region_h)
+    return output, frame_masks.reshape(num_frames, height, width).to(frames.dtype)
+
+
+def poisson_blend(
+    frames: torch.Tensor,
+    crops: torch.Tensor,
+    masks: torch.Tensor,
+    matrices: torch.Tensor,
+    image_index: torch.Tensor | npt.ArrayLike,
+    *,
+    threshold: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seamless (Poisson) cloning of each face into its frame with ``cv2.seamlessClone``.
+
+    Slow and CPU-only: one OpenCV call per face on 8-bit images, then the result is moved
+    back to the frames' device. The face region is the mask above ``threshold``; pixels
+    outside it keep the frame's exact values. Returns ``(frames, masks (N, H, W))`` like
+    :func:`paste_back` (the masks are 0/1).
+    """
+    index = _check_faces(frames, crops, masks, matrices, image_index, where="poisson_blend")
+    num_frames, _, height, width = (int(n) for n in frames.shape)
+    if crops.shape[0] == 0:
+        return frames.detach().clone(), frames.new_zeros((num_frames, height, width))
+    regions = face_regions(matrices, int(crops.shape[2]), height, width)
+    inverse = invert_affine(matrices.detach().to("cpu", torch.float64)).numpy()
+    work = {n: np.ascontiguousarray(_to_bgr_uint8(frames[n])) for n in sorted(set(index.tolist()))}
+    region_mask = np.zeros((num_frames, height, width), dtype=bool)
+    for face in range(int(crops.shape[0])):
+        x0, y0, x1, y1 = (int(v) for v in regions[face])
+        if x1 - x0 < 3 or y1 - y0 < 3:
+            continue
+        frame = int(index[face])
+        # Everything happens inside the face's region of the frame: crop -> region matrix.
+        shifted = inverse[face].copy()
+        shifted[:, 2] -= (x0, y0)
+        size = (x1 - x0, y1 - y0)
+        source = cv2.warpAffine(_to_bgr_uint8(crops[face]), shifted, size, flags=cv2.INTER_LINEAR)
+        soft = cv2.warpAffine(
+            masks[face, 0].detach().to("cpu", torch.float32).numpy(), shifted, size, flags=cv2.INTER_LINEAR
+        )
+        binary = (soft > threshold).astype(np.uint8) * 255
+        binary[0, :] = binary[-1, :] = 0  # seamlessClone needs a frame of destination pixels around the mask
+        binary[:, 0] = binary[:, -1] = 0
+        if not binary.any():
+            continue
+        x, y, w, h = cv2.boundingRect(binary)
+        centre = (x + w // 2, y + h // 2)  # the patch is placed by its mask's bounding box centre
+        destination = np.ascontiguousarray(work[frame][y0:y1, x0:x1])
+        cloned = cv2.seamlessClone(source, destination, binary, centre, cv2.NORMAL_CLONE)
+        work[frame][y0:y1, x0:x1] = np.asarray(cloned, dtype=np.uint8)
+        region_mask[frame, y0:y1, x0:x1] |= binary > 0
+    output = frames.detach().clone()
+    for frame, image in work.items():
+        cloned_frame = _from_bgr_uint8(image).to(device=frames.device, dtype=frames.dtype)
+        selected = torch.from_numpy(region_mask[frame]).to(frames.device)
+        output[frame] = torch.where(selected[None], cloned_frame, frames[frame])
+    return output, torch.from_numpy(region_mask).to(device=frames.device, dtype=frames.dtype)
+
+
+def _to_bgr_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:
+    scaled = image.detach().to("cpu", torch.float32).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return np.ascontiguousarray(scaled.permute(1, 2, 0).numpy()[:, :, ::-1])
+
+
+def _from_bgr_uint8(image: npt.NDArray[np.uint8]) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1])).permute(2, 0, 1).float().div(255.0)
+
+
+def paste_back_reference(
+    frame_bgr: npt.NDArray[np.uint8], crop_bgr: npt.NDArray[np.uint8], matrix: npt.ArrayLike
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+    """The benchmark baseline: insightface's paste-back of one face, in numpy/OpenCV over the whole frame.
+
+    As insightface's inswapper does it (see MODELS.md): warp the crop and a white square back
+    with the inverse of ``matrix`` (image -> crop), threshold the warped white at 20, erode
+    it with a ``k x k`` square, ``k = max(face_size // 10, 10)`` where ``face_size`` is the
+    square root of the thresholded region's box area, Gaussian-blur it with a kernel of
+    ``2 * max(face_size // 20, 5) + 1``, and blend; the result is truncated to uint8 as
+    insightface does. Returns the new frame and the float mask ``(H, W)`` in [0, 1].
+    """
+    frame = np.asarray(frame_bgr)
+    crop = np.asarray(crop_bgr)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise BadInputError("expected an (H, W, 3) uint8 BGR frame", where="paste_back_reference")
+    if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
+        raise BadInputError("expected an (S, S, 3) uint8 BGR crop", where="paste_back_reference")
+    height, width = frame.shape[:2]
+    inverse = cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64).reshape(2, 3))
+    warped = cv2.warpAffine(crop, inverse, (width, height), borderValue=(0, 0, 0))
+    white = np.full(crop.shape[:2], 255, dtype=np.uint8)
+    region = cv2.warpAffine(white, inverse, (width, height), borderValue=0)
+    region = np.where(region > 20, 255, 0).astype(np.uint8)
+    ys, xs = np.nonzero(region)
+    if ys.size == 0:
+        return frame.copy(), np.zeros((height, width), dtype=np.float32)
+    face_size = int(math.sqrt(float(ys.max() - ys.min()) * float(xs.max() - xs.min())))
+    k = max(face_size // 10, 10)
+    region = cv2.erode(region, np.ones((k, k), dtype=np.uint8), iterations=1)
+    k = max(face_size // 20, 5)
+    mask = cv2.GaussianBlur(region, (2 * k + 1, 2 * k + 1), 0).astype(np.float32) / 255.0
+    blended = mask[:, :, None] * warped.astype(np.float32) + (1.0 - mask[:, :, None]) * frame.astype(np.float32)
+    return np.clip(blended, 0, 255).astype(np.uint8), mask
