@@ -1,0 +1,642 @@
+"""Face analysis: detection, 5-point and dense landmarks, head pose, ArcFace embeddings, face selection.
+
+Two detector backends:
+
+- ``"insightface"``: the models of an insightface pack (buffalo_l: ``det_10g.onnx`` SCRFD,
+  ``2d106det.onnx``, ``1k3d68.onnx``, ``w600k_r50.onnx``; antelopev2 names its files
+  differently). Every file runs through insightface's own ``model_zoo`` runner, which
+  ``insightface.model_zoo.get_model`` picks from the file's input/output shapes; their
+  pre-processing and decoders are insightface's, not re-written here.
+- ``"yunet"``: OpenCV's ``cv2.FaceDetectorYN`` (box + 5 landmarks), light and fast on a CPU;
+  a recogniser and the landmark models can be added as files.
+
+Detection runs per image on the CPU on ``uint8`` BGR pictures (what both detectors read).
+Embeddings are computed on crops aligned with :mod:`facemagic_core.align` in torch, for all
+faces of a batch in one recogniser call, with the recogniser runner's own normalisation
+(``(pixel - input_mean) / input_std`` on RGB 0..255 values, as its ``get_feat`` does).
+
+Model files given by path are loaded as they are: insightface 2.1's manifest and licence
+checks apply only to model-package folders and ``model_task`` calls, never to a plain
+``.onnx`` path, which is all this module passes. insightface's pretrained models are for
+non-commercial research only (see ../shared/MODELS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import cv2
+import numpy as np
+import torch
+
+from . import runtime
+from .align import align_faces
+from .errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
+from .images import check_images, tensor_to_bgr_uint8
+from .types import FACE_ORDERS, Face, FaceOrder, FloatArray
+
+logger = logging.getLogger(__name__)
+
+#: Which detector finds the faces.
+Backend = Literal["insightface", "yunet"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+#: Faces per recogniser call: bounds memory on long videos; a usual batch is one call.
+RECOGNIZER_CHUNK = 128
+#: YuNet's non-maximum suppression IoU threshold and candidate cap (OpenCV's sample values).
+YUNET_NMS_THRESHOLD = 0.3
+YUNET_TOP_K = 5000
+#: Registry names of the embedding spaces of recognisers found in packs, by file name stem.
+PACK_EMBEDDING_MODELS = {
+    "w600k_r50": "arcface_w600k_r50",
+    "glintr100": "arcface_glintr100",
+    "w600k_mbf": "arcface_w600k_mbf",
+}
+#: Files of a pack folder that are not analysis models and are never loaded by from_pack.
+_PACK_SKIP_PREFIXES = ("inswapper", "genderage")
+
+_PACK_HELP = (
+    "put an insightface pack there, e.g. buffalo_l (det_10g.onnx, 2d106det.onnx, 1k3d68.onnx, w600k_r50.onnx) "
+    "or antelopev2, unzipped so that the .onnx files are directly in the folder"
+)
+
+
+def _missing_model_fix(role: str) -> str:
+    if role == "YuNet detector":
+        return "download face_detection_yunet_2023mar.onnx from the OpenCV model zoo and pass its path"
+    return f"download the model (e.g. 'facemagic models download buffalo_l') or pass the path of the {role} file"
+
+
+def _check_model_file(path: Path, role: str) -> Path:
+    if not path.is_file():
+        raise ModelNotFoundError(f"the {role} model file does not exist", where=str(path), fix=_missing_model_fix(role))
+    if path.stat().st_size == 0:
+        raise ModelIntegrityError(
+            f"the {role} model file is empty", where=str(path), fix="delete it and download it again"
+        )
+    return path
+
+
+def _requested_providers(providers: Sequence[runtime.ProviderSpec] | None) -> list[runtime.ProviderSpec]:
+    """The caller's providers (short or full names, options kept) with CPU last, or the default list."""
+    if not providers:
+        return runtime.onnx_providers()
+    specs: list[runtime.ProviderSpec] = [
+        (runtime.provider_name(spec[0]), dict(spec[1])) if isinstance(spec, tuple) else runtime.provider_name(spec)
+        for spec in providers
+    ]
+    if runtime.CPU_PROVIDER not in [spec[0] if isinstance(spec, tuple) else spec for spec in specs]:
+        specs.append(runtime.CPU_PROVIDER)
+    return specs
+
+
+def _usable_providers(requested: Sequence[runtime.ProviderSpec]) -> list[runtime.ProviderSpec]:
+    """The requested providers the installed onnxruntime offers, CPU last (as runtime.create_session does)."""
+    available = set(runtime.available_providers())
+    usable: list[runtime.ProviderSpec] = []
+    for spec in requested:
+        name = runtime.provider_name(spec[0] if isinstance(spec, tuple) else spec)
+        if name in available:
+            usable.append((name, dict(spec[1])) if isinstance(spec, tuple) else name)
+    if runtime.CPU_PROVIDER not in [spec[0] if isinstance(spec, tuple) else spec for spec in usable]:
+        usable.append(runtime.CPU_PROVIDER)
+    return usable
+
+
+def _load_insightface_runner(path: Path, role: str, requested: Sequence[runtime.ProviderSpec]) -> Any:
+    """Load one ``.onnx`` file with ``insightface.model_zoo.get_model``; FaceMagicError on every failure."""
+    path = _check_model_file(Path(path), role)
+    if path.suffix != ".onnx":
+        raise BadInputError(
+            f"the {role} model must be an .onnx file (insightface routes only files named *.onnx)",
+            where=str(path),
+            fix="rename the file to end in .onnx",
+        )
+    from insightface.model_zoo import get_model
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # static_shape_sessions=False (insightface 2.1): one session that takes every input size, instead
+            # of a second fixed-size copy of the detector per size; older insightface ignores the argument.
+            runner = get_model(str(path), providers=_usable_providers(requested), static_shape_sessions=False)
+    except FaceMagicError:
+        raise
+    except Exception as error:  # onnxruntime, protobuf and insightface raise many unrelated types
+        text = f"{type(error).__name__}: {error}"
+        if any(word in text.lower() for word in ("protobuf", "parse", "truncat", "decodeerror", "no graph")):
+            fix = "the file is truncated, damaged or not an ONNX model: delete it and download it again"
+        else:
+            fix = runtime.check_onnxruntime_install() or (
+                "the file may be damaged (delete it and download it again), or the model needs a newer onnxruntime"
+            )
+        raise ModelIntegrityError(f"cannot load the {role} model: {text}", where=str(path), fix=fix) from error
+    if runner is None:
+        raise ModelIntegrityError(
+            f"the file is not a model insightface knows as a {role}: its input/output shapes match no "
+            "detector, landmark model, attribute model or recogniser",
+            where=str(path),
+            fix="check that the path points to the right file of an insightface pack",
+        )
+    runtime.report_session_providers(runner.session, requested, f"{role} {path.name}")
+    return runner
+
+
+def _check_role(runner: Any, path: Path, role: str, tasks: tuple[str, ...]) -> None:
+    task = str(getattr(runner, "taskname", "?"))
+    if task not in tasks:
+        raise BadInputError(
+            f"the file given as the {role} is a {task} model",
+            where=str(path),
+            fix=f"pass a {role} model file (insightface task {' or '.join(tasks)})",
+        )
+
+
+def _load_yunet(path: Path, threshold: float) -> cv2.FaceDetectorYN:
+    path = _check_model_file(Path(path), "YuNet detector")
+    try:
+        detector = cv2.FaceDetectorYN.create(str(path), "", (320, 320), threshold, YUNET_NMS_THRESHOLD, YUNET_TOP_K)
+    except cv2.error as error:
+        raise ModelIntegrityError(
+            f"OpenCV cannot load the YuNet detector: {str(error).strip().splitlines()[-1]}",
+            where=str(path),
+            fix="the file is damaged or not a YuNet ONNX model: download face_detection_yunet_2023mar.onnx again",
+        ) from error
+    logger.info("YuNet face detector %s loaded (OpenCV %s, CPU)", path.name, cv2.__version__)
+    return detector
+
+
+def _insightface_face(face: Face) -> Any:
+    """insightface's own Face record (what its runners read and write) for one of our faces."""
+    from insightface.app.common import Face as InsightFace
+
+    return InsightFace(bbox=face.bbox.astype(np.float32), kps=face.landmarks_5.astype(np.float32), det_score=face.score)
+
+
+class FaceAnalyzer:
+    """Finds faces in image batches and describes them (landmarks, pose, embedding).
+
+    Build it from files (``FaceAnalyzer(backend="yunet", detector=path, recognizer=path)``) or
+    from an insightface pack folder (:meth:`from_pack`). Models load once here; the analyzer
+    keeps no per-call state, so one instance serves many calls.
+    """
+
+    backend: Backend
+    embedding_model: str
+    det_size: int
+    det_threshold: float
+    detector_path: Path
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        detector: Path,
+        recognizer: Path | None = None,
+        landmarks_106: Path | None = None,
+        landmarks_3d68: Path | None = None,
+        providers: Sequence[runtime.ProviderSpec] | None = None,
+        det_size: int = 640,
+        det_threshold: float = 0.5,
+        embedding_model: str = "arcface_w600k_r50",
+    ) -> None:
+        """``det_size``: the detector's input side (SCRFD letterboxes to ``det_size`` squared; YuNet
+        scales pictures whose long side exceeds it down to it). ``det_threshold``: the lowest
+        detection score kept. ``providers``: onnxruntime providers (short or full names),
+        default the best available, CPU last. ``embedding_model``: the registry name of the
+        recogniser's embedding space, written into identities made from these faces."""
+        if backend not in BACKENDS:
+            raise BadInputError(f"unknown analyzer backend {backend!r}", fix=f"use one of {', '.join(BACKENDS)}")
+        requested = _requested_providers(providers)
+        detector_runner = None
+        yunet = None
+        if backend == "insightface":
+            detector_runner = _load_insightface_runner(Path(detector), "face detector", requested)
+            _check_role(detector_runner, Path(detector), "face detector", ("detection",))
+        else:
+            yunet = _load_yunet(Path(detector), det_threshold)
+        runners: dict[str, Any] = {}
+        for role, path, tasks in (
+            ("recognizer", recognizer, ("recognition",)),
+            ("landmarks_106", landmarks_106, ("landmark_2d_106",)),
+            ("landmarks_3d68", landmarks_3d68, ("landmark_3d_68",)),
+        ):
+            if path is not None:
+                label = {"recognizer": "face recogniser"}.get(role, f"{role.replace('_', ' ')} model")
+                runners[role] = _load_insightface_runner(Path(path), label, requested)
+                _check_role(runners[role], Path(path), label, tasks)
+        self._setup(
+            backend=backend,
+            detector_path=Path(detector),
+            detector=detector_runner,
+            yunet=yunet,
+            recognizer=runners.get("recognizer"),
+            landmarks_106=runners.get("landmarks_106"),
+            landmarks_3d68=runners.get("landmarks_3d68"),
+            det_size=det_size,
+            det_threshold=det_threshold,
+            embedding_model=embedding_model,
+        )
+
+    def _setup(
+        self,
+        *,
+        backend: Backend,
+        detector_path: Path,
+        detector: Any,
+        yunet: cv2.FaceDetectorYN | None,
+        recognizer: Any,
+        landmarks_106: Any,
+        landmarks_3d68: Any,
+        det_size: int,
+        det_threshold: float,
+        embedding_model: str,
+    ) -> None:
+        if isinstance(det_size, bool) or not isinstance(det_size, int) or det_size < 64 or det_size % 32:
+            raise BadInputError(
+                f"det_size must be a multiple of 32 of at least 64, got {det_size!r}",
+                where="face analyzer",
+                fix="use 640 (the default), 320 for speed or 1024 for small faces",
+            )
+        if not 0.0 < float(det_threshold) < 1.0:
+            raise BadInputError(
+                f"det_threshold must lie between 0 and 1, got {det_threshold!r}", where="face analyzer", fix="use 0.5"
+            )
+        if detector is not None and not getattr(detector, "use_kps", True):
+            raise ModelIntegrityError(
+                "the face detector gives no 5-point landmarks, which alignment needs",
+                where=str(getattr(detector, "model_file", "detector")),
+                fix="use an SCRFD model with keypoints (det_10g.onnx, scrfd_10g_bnkps.onnx)",
+            )
+        if recognizer is not None:
+            width, height = recognizer.input_size
+            if width != height:
+                raise ModelIntegrityError(
+                    f"the recogniser takes {width}x{height} crops; only square crops are supported",
+                    where=str(recognizer.model_file),
+                )
+        self.backend = backend
+        self.detector_path = detector_path
+        self.det_size = int(det_size)
+        self.det_threshold = float(det_threshold)
+        self.embedding_model = embedding_model
+        self._detector = detector
+        self._yunet = yunet
+        self._recognizer = recognizer
+        self._landmarks_106 = landmarks_106
+        self._landmarks_3d68 = landmarks_3d68
+        if detector is not None:
+            detector.prepare(0, input_size=(self.det_size, self.det_size), det_thresh=self.det_threshold)
+        logger.info(
+            "face analyzer ready: %s detector, landmarks %s, recogniser %s (%s)",
+            backend,
+            "+".join(name for name, runner in (("106", landmarks_106), ("3d68", landmarks_3d68)) if runner) or "5",
+            Path(recognizer.model_file).name if recognizer is not None else "none",
+            embedding_model,
+        )
+
+    @classmethod
+    def from_pack(
+        cls,
+        pack_dir: Path,
+        *,
+        providers: Sequence[runtime.ProviderSpec] | None = None,
+        det_size: int = 640,
+        det_threshold: float = 0.5,
+        embedding_model: str | None = None,
+    ) -> FaceAnalyzer:
+        """An insightface-backend analyzer from a pack folder (buffalo_l, antelopev2...).
+
+        Every ``.onnx`` file of the folder is routed by insightface's ``get_model`` (by its
+        input/output shapes, so file names do not matter); the detector, the 106-point and
+        68-point landmark models and the recogniser are kept, attribute models (genderage)
+        and swappers are skipped. ``embedding_model`` defaults to the registry name matching
+        the recogniser's file name (w600k_r50 -> arcface_w600k_r50).
+        """
+        folder = Path(pack_dir)
+        if not folder.is_dir():
+            raise ModelNotFoundError(
+                "the insightface model pack folder does not exist", where=str(folder), fix=_PACK_HELP
+            )
+        files = sorted(path for path in folder.iterdir() if path.suffix == ".onnx" and path.is_file())
+        requested = _requested_providers(providers)
+        roles: dict[str, tuple[Path, Any]] = {}
+        for path in files:
+            if path.stem.lower().startswith(_PACK_SKIP_PREFIXES):
+                logger.debug("pack %s: %s is not an analysis model; not loaded", folder.name, path.name)
+                continue
+            runner = _load_insightface_runner(path, f"model of pack {folder.name}", requested)
+            task = str(getattr(runner, "taskname", ""))
+            role = {
+                "detection": "detector",
+                "recognition": "recognizer",
+                "landmark_2d_106": "landmarks_106",
+                "landmark_3d_68": "landmarks_3d68",
+            }.get(task)
+            if role is None:
+                logger.debug("pack %s: %s is a %s model; not used", folder.name, path.name, task)
+                continue
+            if role in roles:
+                logger.warning(
+                    "pack %s holds two %s models, %s and %s; using %s",
+                    folder.name,
+                    role,
+                    roles[role][0].name,
+                    path.name,
+                    roles[role][0].name,
+                )
+                continue
+            roles[role] = (path, runner)
+        if "detector" not in roles:
+            found = ", ".join(path.name for path in files) or "no .onnx files"
+            raise ModelNotFoundError(
+                f"the model pack folder has no face detector (found: {found})", where=str(folder), fix=_PACK_HELP
+            )
+        recognizer = roles.get("recognizer")
+        if embedding_model is None:
+            stem = recognizer[0].stem.lower() if recognizer else "w600k_r50"
+            embedding_model = PACK_EMBEDDING_MODELS.get(stem, f"arcface_{stem}")
+        analyzer = cls.__new__(cls)
+        analyzer._setup(
+            backend="insightface",
+            detector_path=roles["detector"][0],
+            detector=roles["detector"][1],
+            yunet=None,
+            recognizer=recognizer[1] if recognizer else None,
+            landmarks_106=roles.get("landmarks_106", (None, None))[1],
+            landmarks_3d68=roles.get("landmarks_3d68", (None, None))[1],
+            det_size=det_size,
+            det_threshold=det_threshold,
+            embedding_model=embedding_model,
+        )
+        return analyzer
+
+    # -----------------------------------------------------------------------------------------
+    # What the analyzer can do
+
+    @property
+    def has_recognizer(self) -> bool:
+        return self._recognizer is not None
+
+    @property
+    def has_dense_landmarks(self) -> bool:
+        return self._landmarks_106 is not None or self._landmarks_3d68 is not None
+
+    @property
+    def recognizer_input_size(self) -> int | None:
+        """Side of the aligned crop the recogniser takes (112 for ArcFace), or None without one."""
+        return int(self._recognizer.input_size[0]) if self._recognizer is not None else None
+
+    def __repr__(self) -> str:
+        parts = [f"backend={self.backend!r}", f"det_size={self.det_size}", f"det_threshold={self.det_threshold}"]
+        if self._recognizer is not None:
+            parts.append(f"recognizer={Path(self._recognizer.model_file).name!r}")
+        parts.append(f"embedding_model={self.embedding_model!r}")
+        return f"FaceAnalyzer({', '.join(parts)})"
+
+    # -----------------------------------------------------------------------------------------
+    # Pipeline
+
+    def detect_faces(self, images: torch.Tensor) -> list[list[Face]]:
+        """The faces of every image of a ``(B, 3, H, W)`` batch, each list sorted by score, best first.
+
+        Faces carry a box, a score and 5 landmarks; an image without faces gives an empty list.
+        """
+        check_images(images, where="images to analyse")
+        return [self._detect_image(tensor_to_bgr_uint8(images[index]), index) for index in range(images.shape[0])]
+
+    def analyze(self, images: torch.Tensor, *, landmarks: bool = True, embeddings: bool = True) -> list[list[Face]]:
+        """:meth:`detect_faces`, then dense landmarks and pose (when the analyzer has those models
+        and ``landmarks``), then embeddings of all faces in one batched call (when it has a
+        recogniser and ``embeddings``)."""
+        check_images(images, where="images to analyse")
+        per_image: list[list[Face]] = []
+        for index in range(images.shape[0]):
+            bgr = tensor_to_bgr_uint8(images[index])
+            faces = self._detect_image(bgr, index)
+            if landmarks and self.has_dense_landmarks:
+                faces = [self._add_landmarks(bgr, face) for face in faces]
+            per_image.append(faces)
+        if embeddings and self._recognizer is not None:
+            flat = [face for faces in per_image for face in faces]
+            embedded = iter(self.embed_faces(images, flat))
+            per_image = [[next(embedded) for _ in faces] for faces in per_image]
+        return per_image
+
+    def embed_faces(self, images: torch.Tensor, faces: Sequence[Face]) -> list[Face]:
+        """Copies of ``faces`` with their raw recogniser embedding, computed for all faces at once.
+
+        Each face is aligned to the ArcFace template at the recogniser's input size from
+        ``images[face.image_index]`` (torch, on the images' device), then all crops go through
+        the recogniser together (in chunks of :data:`RECOGNIZER_CHUNK`).
+        """
+        if self._recognizer is None:
+            raise ModelNotFoundError(
+                "this face analyzer has no recogniser, so it cannot compute identity embeddings",
+                where=repr(self),
+                fix="pass recognizer=<w600k_r50.onnx> or load a pack that contains one (buffalo_l)",
+            )
+        check_images(images, where="images to embed")
+        if not faces:
+            return []
+        size = int(self._recognizer.input_size[0])
+        crops, _ = align_faces(images, faces, size, "arcface")
+        vectors = self.forward_recognizer(crops)
+        return [replace(face, embedding=vectors[i]) for i, face in enumerate(faces)]
+
+    def forward_recognizer(self, crops: torch.Tensor) -> FloatArray:
+        """Raw embeddings ``(B, D)`` float32 of aligned ``(B, 3, S, S)`` RGB crops in [0, 1].
+
+        Reproduces the runner's ``get_feat`` pre-processing on the whole batch: RGB values
+        scaled to 0..255, minus ``input_mean``, divided by ``input_std`` (127.5 and 127.5 for
+        ArcFace files, 0 and 1 for files that normalise inside their graph).
+        """
+        runner = self._recognizer
+        if runner is None:
+            raise ModelNotFoundError("this face analyzer has no recogniser", where=repr(self))
+        size = int(runner.input_size[0])
+        if crops.ndim != 4 or tuple(crops.shape[1:]) != (3, size, size):
+            raise BadInputError(
+                f"the recogniser takes (B, 3, {size}, {size}) crops, got {tuple(crops.shape)}",
+                where=Path(runner.model_file).name,
+                fix="align the faces with align_faces(..., size, 'arcface')",
+            )
+        pixels = crops.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0) * 255.0
+        blob = ((pixels - float(runner.input_mean)) / float(runner.input_std)).numpy()
+        fixed_batch = runner.input_shape[0] if isinstance(runner.input_shape[0], int) else None
+        chunk = fixed_batch if fixed_batch and fixed_batch > 0 else RECOGNIZER_CHUNK
+        outputs = []
+        for start in range(0, blob.shape[0], chunk):
+            part = np.ascontiguousarray(blob[start : start + chunk], dtype=np.float32)
+            outputs.append(runner.session.run(runner.output_names, {runner.input_name: part})[0])
+        vectors = np.concatenate(outputs, axis=0).astype(np.float32).reshape(blob.shape[0], -1)
+        return np.ascontiguousarray(vectors)
+
+    # -----------------------------------------------------------------------------------------
+    # Per image (CPU)
+
+    def _detect_image(self, bgr: np.ndarray, image_index: int) -> list[Face]:
+        if self._yunet is not None:
+            faces = self._detect_yunet(self._yunet, bgr, image_index)
+        else:
+            boxes, points = self._detector.detect(bgr, input_size=(self.det_size, self.det_size))
+            faces = [
+                Face(
+                    bbox=np.asarray(boxes[i, :4], dtype=np.float32),
+                    score=float(boxes[i, 4]),
+                    landmarks_5=np.asarray(points[i], dtype=np.float32).reshape(5, 2),
+                    image_index=image_index,
+                )
+                for i in range(boxes.shape[0])
+            ]
+        faces.sort(key=lambda face: -face.score)
+        logger.debug("image %d: %d face(s)", image_index, len(faces))
+        return faces
+
+    def _detect_yunet(self, yunet: cv2.FaceDetectorYN, bgr: np.ndarray, image_index: int) -> list[Face]:
+        height, width = bgr.shape[:2]
+        scale = min(1.0, self.det_size / max(height, width))
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            picture = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        else:
+            picture = bgr
+        small_h, small_w = picture.shape[:2]
+        yunet.setInputSize((small_w, small_h))
+        _, rows = yunet.detect(picture)
+        if rows is None:
+            return []
+        # Back to the full image, pixel centres at integers: x = (x_small + 0.5) * width / small_w - 0.5.
+        factor = np.array([width / small_w, height / small_h], dtype=np.float64)
+        faces = []
+        for row in np.asarray(rows, dtype=np.float64):
+            corners = np.array([[row[0], row[1]], [row[0] + row[2], row[1] + row[3]]])
+            # YuNet's order is the subject's right eye, left eye, nose, right and left mouth corner: for a face
+            # looking at the camera that is image-left first, which is the order of Face.landmarks_5.
+            points = row[4:14].reshape(5, 2)
+            faces.append(
+                Face(
+                    bbox=((corners + 0.5) * factor - 0.5).reshape(4).astype(np.float32),
+                    score=float(row[14]),
+                    landmarks_5=((points + 0.5) * factor - 0.5).astype(np.float32),
+                    image_index=image_index,
+                )
+            )
+        return faces
+
+    def _add_landmarks(self, bgr: np.ndarray, face: Face) -> Face:
+        """Dense landmarks (106 points when that model is loaded, else the 68) and the 3D-68 pose."""
+        landmarks = None
+        pose = None
+        if self._landmarks_3d68 is not None:
+            record = _insightface_face(face)
+            points = np.asarray(self._landmarks_3d68.get(bgr, record), dtype=np.float32)
+            landmarks = points[:, :2]
+            if record.pose is not None:
+                pitch, yaw, roll = (float(value) for value in record.pose)
+                if all(math.isfinite(value) for value in (yaw, pitch, roll)):
+                    pose = (yaw, pitch, roll)
+        if self._landmarks_106 is not None:
+            points = np.asarray(self._landmarks_106.get(bgr, _insightface_face(face)), dtype=np.float32)
+            landmarks = points[:, :2]
+        return replace(
+            face, landmarks=np.ascontiguousarray(landmarks) if landmarks is not None else face.landmarks, pose=pose
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing faces
+
+
+def sort_faces(faces: Sequence[Face], order: FaceOrder) -> list[Face]:
+    """``faces`` sorted by ``order`` (a stable sort: ties keep their order, usually best score first)."""
+    keys = {
+        "largest": lambda face: -face.size,
+        "smallest": lambda face: face.size,
+        "left_to_right": lambda face: face.center[0],
+        "right_to_left": lambda face: -face.center[0],
+        "top_to_bottom": lambda face: face.center[1],
+        "bottom_to_top": lambda face: -face.center[1],
+        "best_score": lambda face: -face.score,
+    }
+    if order not in keys:
+        raise BadInputError(f"unknown face order {order!r}", where="face selection", fix=f"use one of {FACE_ORDERS}")
+    return sorted(faces, key=keys[order])
+
+
+def face_similarities(faces: Sequence[Face], reference: np.ndarray) -> FloatArray:
+    """Cosine similarity of every face's embedding to ``reference``, ``(len(faces),)`` float32."""
+    vector = np.asarray(reference, dtype=np.float32).reshape(-1)
+    if vector.size == 0 or not np.all(np.isfinite(vector)) or float(np.linalg.norm(vector)) < 1e-12:
+        raise BadInputError(
+            "the reference embedding is empty, all zeros or not finite",
+            where="face selection",
+            fix="use an embedding from extract_identity or a face analysed with a recogniser",
+        )
+    vector = vector / np.float32(np.linalg.norm(vector))
+    similarities = np.empty(len(faces), dtype=np.float32)
+    for i, face in enumerate(faces):
+        if face.embedding is None:
+            raise BadInputError(
+                "a face has no embedding to compare with the reference",
+                where=f"image {face.image_index}, face {i}",
+                fix="analyse the images with an analyzer that has a recogniser (analyze(..., embeddings=True))",
+            )
+        embedding = np.asarray(face.embedding, dtype=np.float32).reshape(-1)
+        if embedding.shape != vector.shape:
+            raise BadInputError(
+                f"the face embedding has {embedding.size} numbers but the reference has {vector.size}",
+                where=f"image {face.image_index}, face {i}",
+                fix="compare embeddings made by the same recogniser",
+            )
+        similarities[i] = float(embedding @ vector) / max(float(np.linalg.norm(embedding)), 1e-12)
+    return similarities
+
+
+def select_faces(
+    faces: Sequence[Face],
+    *,
+    order: FaceOrder = "largest",
+    index: int | Sequence[int] | None = 0,
+    reference: np.ndarray | None = None,
+    min_similarity: float | None = None,
+) -> list[Face]:
+    """Choose faces of one image.
+
+    Without ``reference`` the faces are sorted by ``order``; with it they are sorted by cosine
+    similarity to that embedding, most similar first (``order`` is then not used), and faces
+    below ``min_similarity`` are dropped. ``index`` then picks: an int (0 = first), several
+    ints (in that order), or None for all. Indices beyond the faces found are skipped, so
+    the result may be empty; callers that need a face raise NoFaceError.
+    """
+    if reference is not None:
+        similarities = face_similarities(faces, reference)
+        ranked = sorted(range(len(faces)), key=lambda i: -float(similarities[i]))
+        if min_similarity is not None:
+            ranked = [i for i in ranked if similarities[i] >= float(min_similarity)]
+        candidates = [faces[i] for i in ranked]
+    else:
+        if min_similarity is not None:
+            raise BadInputError(
+                "min_similarity needs a reference embedding to compare with",
+                where="face selection",
+                fix="pass reference=<embedding> or leave min_similarity out",
+            )
+        candidates = sort_faces(faces, order)
+    if index is None:
+        return candidates
+    indices = [index] if isinstance(index, int | np.integer) else list(index)
+    for value in indices:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise BadInputError(
+                f"face indices are whole numbers from 0, got {value!r}",
+                where="face selection",
+                fix="use 0 for the first face, 1 for the second...",
+            )
+    return [candidates[int(value)] for value in indices if int(value) < len(candidates)]
