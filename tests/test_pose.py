@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -180,3 +183,36 @@ def test_overlay_draws_new_tensor_and_leaves_input() -> None:
     rx, ry = (int(v) for v in result[0, 0])
     assert overlay[1, 1, ty, tx] > 0.9 and overlay[1, 0, ty, tx] < 0.6
     assert overlay[1, 0, ry, rx] > 0.9 and overlay[1, 1, ry, rx] < 0.6
+
+
+def yunet_landmarks(model: Path, bgr: np.ndarray) -> np.ndarray:
+    """5 landmarks (image-left eye first, our order) of the largest face YuNet finds."""
+    height, width = bgr.shape[:2]
+    detector = cv2.FaceDetectorYN.create(str(model), "", (width, height), 0.6)
+    _, faces = detector.detect(bgr)
+    assert faces is not None and len(faces) > 0
+    largest = faces[np.argmax(faces[:, 2] * faces[:, 3])]
+    return np.asarray(largest[4:14], dtype=np.float64).reshape(5, 2)
+
+
+@pytest.mark.parametrize("name", ["elon.webp", "zhuyin.jpg"])
+def test_real_photo_and_its_mirror_have_opposite_yaw(faces_dir: Path, yunet_path: Path, name: str) -> None:
+    """On real photos (YuNet landmarks) mirroring the image negates yaw; a mirrored swap fails the check."""
+    bgr = cv2.imread(str(faces_dir / name))
+    assert bgr is not None
+    mirrored = np.ascontiguousarray(bgr[:, ::-1])
+    original = yunet_landmarks(yunet_path, bgr)
+    flipped = yunet_landmarks(yunet_path, mirrored)
+    size = bgr.shape[:2]
+    yaw, _, _ = pose.estimate_head_pose(original, size)[0]
+    yaw_mirrored, _, _ = pose.estimate_head_pose(flipped, size)[0]
+    assert abs(yaw) > 8 and np.sign(yaw) == -np.sign(yaw_mirrored)
+    assert abs(yaw + yaw_mirrored) < 5  # detector noise on the mirrored image
+    face_size = 2.4 * float(np.linalg.norm(original[1] - original[0]))
+    # The same face passes; the mirrored face (the head turned the other way) fails on yaw.
+    same, turned = pose.check_pose(
+        np.stack([original, original]), np.stack([original, flipped]), face_size, image_size=size
+    )
+    assert same.passed and same.reason == "ok"
+    assert not turned.passed and "yaw differs" in turned.reason
+    assert turned.pose_diff[0] == pytest.approx(abs(yaw - yaw_mirrored), abs=1e-6)
