@@ -434,12 +434,20 @@ class _LockFile:
     def update(
         self, files: Mapping[str, LockEntry] = MappingProxyType({}), archives: Mapping[str, Any] = MappingProxyType({})
     ) -> None:
-        with self._guard():
-            data = self.read()
-            data["files"].update(files)
-            data["archives"].update(archives)
-            text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-            atomic_write_bytes(self.path, text.encode("utf-8"))
+        try:
+            with self._guard():
+                data = self.read()
+                data["files"].update(files)
+                data["archives"].update(archives)
+                text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+                atomic_write_bytes(self.path, text.encode("utf-8"))
+        except OSError as error:  # a read-only model folder: the files can still be used, just not recorded
+            logger.warning(
+                "could not record %s in %s (%s): later loads cannot detect changes to them",
+                ", ".join(files) or ", ".join(archives),
+                self.path,
+                error,
+            )
 
 
 def _lock_key(path: Path, model_dir: Path) -> str:
@@ -520,6 +528,18 @@ def _verify_file(path: Path, key: str, lock: _LockFile, *, verify: Verify, spec:
     entry["mtime_ns"] = stat.st_mtime_ns
     entry["hashed_at_ns"] = started
     lock.update({key: entry})
+
+
+def recorded_hashes(model: str | ModelSpec, model_dir: Path) -> dict[Path, str]:
+    """The sha256 recorded in the lock file for each file of ``model`` in ``model_dir`` (unrecorded ones left out)."""
+    spec = _as_spec(model)
+    files = _LockFile(model_dir).read()["files"]
+    hashes: dict[Path, str] = {}
+    for path in _required_files(spec, model_path(spec, model_dir)):
+        entry = files.get(_lock_key(path, model_dir))
+        if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+            hashes[path] = entry["sha256"]
+    return hashes
 
 
 def verify_model(model: str | ModelSpec, model_dir: Path, *, verify: Verify = "full") -> Path:

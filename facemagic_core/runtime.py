@@ -194,6 +194,15 @@ def _installed_version(distribution: str) -> str | None:
         return None
 
 
+def installed_onnxruntime_distributions() -> dict[str, str]:
+    """The pip distributions that provide the ``onnxruntime`` package, with their versions (CPU build first)."""
+    return {
+        name: version
+        for name in (_CPU_DISTRIBUTION, *_ACCELERATED_DISTRIBUTIONS)
+        if (version := _installed_version(name)) is not None
+    }
+
+
 def _command(*words: str) -> str:
     """A shell command line; the interpreter is quoted only when its path needs it."""
     return " ".join(shlex.quote(word) if " " in word else word for word in words)
@@ -255,11 +264,7 @@ def _fallback_reason(name: str, available: Sequence[str]) -> str:
     if broken is not None:
         return broken
     if name not in available:
-        installed = [
-            f"{distribution} {version}"
-            for distribution in (_CPU_DISTRIBUTION, *_ACCELERATED_DISTRIBUTIONS)
-            if (version := _installed_version(distribution))
-        ]
+        installed = [f"{name} {version}" for name, version in installed_onnxruntime_distributions().items()]
         build = ", ".join(installed) or "no onnxruntime distribution known to pip"
         wanted = _PROVIDER_DISTRIBUTION.get(name, "an onnxruntime build that has it")
         return (

@@ -389,3 +389,91 @@ def test_multi_file_pack(fake_hub: FakeHub, model_dir: Path) -> None:
     (folder / "glintr100.onnx").unlink()
     assert hub.model_status(spec, model_dir) == "partial"
     assert hub.model_status("inswapper_128", model_dir) == "missing"
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_cli_models_list(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from facemagic_core.cli import main
+
+    model_dir.mkdir()
+    (model_dir / "inswapper_128.onnx").write_bytes(b"placed by hand")
+    assert main(["models", "list", "--models", str(model_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"model folder: {model_dir}"
+    assert lines[1].split() == ["NAME", "KIND", "HUB", "FILE", "LOCAL", "PATH", "STATUS", "LICENCE"]
+    rows = {cells[0]: cells for cells in (re.split(r"\s{2,}", line) for line in lines[2 : 2 + len(hub.MODELS)])}
+    assert list(rows) == list(hub.MODELS)
+    assert rows["inswapper_128"][:5] == [
+        "inswapper_128",
+        "swapper",
+        "facefusion/models-3.0.0/inswapper_128.onnx",
+        "inswapper_128.onnx",
+        "present",
+    ]
+    assert rows["buffalo_l"][1:5] == ["pack", "datasets/Gourieff/ReActor/models/buffalo_l.zip", "buffalo_l/", "missing"]
+    assert rows["hyperswap_1a_256"][4:] == ["missing", "ResearchRAIL"]
+
+
+def test_cli_models_download_and_verify(fake_hub: FakeHub, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from facemagic_core.cli import main
+
+    data = serve_inswapper(fake_hub)
+    assert main(["models", "download", "inswapper_128", "--models", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"inswapper_128: {model_dir / 'inswapper_128.onnx'}" in out
+    assert f"sha256 {hashlib.sha256(data).hexdigest()}  inswapper_128.onnx" in out
+    assert main(["models", "verify", "--models", str(model_dir)]) == 0
+    assert capsys.readouterr().out.strip() == "inswapper_128: ok"
+    path = model_dir / "inswapper_128.onnx"
+    damaged = bytearray(path.read_bytes())
+    damaged[7] ^= 0x80
+    path.write_bytes(bytes(damaged))
+    assert main(["models", "verify", "inswapper_128", "--models", str(model_dir)]) == 1
+    assert "inswapper_128: FAILED: the model file of inswapper_128 was altered" in capsys.readouterr().err
+    assert main(["models", "download", "no_such_model", "--models", str(model_dir)]) == 1
+    assert "unknown model 'no_such_model'" in capsys.readouterr().err
+
+
+def test_cli_models_doctor(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxruntime
+
+    from facemagic_core import runtime
+    from facemagic_core.cli import main
+
+    def distributions(installed: dict[str, str]) -> None:
+        monkeypatch.setattr(runtime, "_installed_version", lambda name: installed.get(name))
+
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    distributions({"onnxruntime-gpu": "1.31.1"})
+    assert main(["models", "doctor", "--models", str(model_dir), "--device", "cuda:1"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime distributions: onnxruntime-gpu 1.31.1" in out
+    assert "providers for --device cuda:1: CUDAExecutionProvider {'device_id': 1}, CPUExecutionProvider" in out
+    assert out.rstrip().endswith("onnxruntime install: ok")
+    distributions({"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"})
+    assert main(["models", "doctor", "--models", str(model_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "onnxruntime install: PROBLEM" in out
+    assert "-m pip uninstall -y onnxruntime onnxruntime-gpu && " in out
+
+
+def test_read_only_model_folder_still_serves_files(
+    model_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir.mkdir()
+    (model_dir / "face_detection_yunet_2023mar.onnx").write_bytes(b"yunet")
+
+    def refuse(path: Path, data: bytes) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(hub, "atomic_write_bytes", refuse)
+    with caplog.at_level(logging.WARNING, logger="facemagic_core.hub"):
+        assert hub.ensure_model("yunet", model_dir).read_bytes() == b"yunet"
+    assert "could not record face_detection_yunet_2023mar.onnx" in caplog.text
+    assert "Permission denied" in caplog.text
