@@ -238,36 +238,43 @@ def warp_affine(
     if batch == 0:
         return images.new_zeros((0, channels, out_h, out_w))
 
-    # For every output pixel, the source pixel it samples (cv2: dst(x, y) = src(M^-1 [x, y, 1])).
-    inverse = invert_affine(matrices.to(device)).to(compute)  # (B, 2, 3)
-    ys = torch.arange(out_h, device=device, dtype=compute)
+    # For every output pixel (x, y), the source pixel it samples: cv2's dst(x, y) = src(M^-1 [x, y, 1]),
+    # expressed at once in grid_sample's align_corners=False coordinates, where pixel centres at integers
+    # become u = (2 * x_source + 1) / W - 1 (so -1 and 1 are the outer edges of the source).
+    inverse = invert_affine(matrices.to(device)).to(compute)  # (B, 2, 3) output -> source pixels
+    to_unit = torch.tensor([2.0 / width, 2.0 / height], device=device, dtype=compute)
+    linear = inverse[:, :, :2] * to_unit[None, :, None]  # (B, 2, 2)
+    offset = inverse[:, :, 2] * to_unit + (to_unit / 2 - 1)  # (B, 2)
     xs = torch.arange(out_w, device=device, dtype=compute)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    base = torch.stack([grid_x, grid_y, torch.ones_like(grid_x)], dim=-1).reshape(1, -1, 3)  # (1, h*w, 3)
-    source = base @ inverse.transpose(1, 2)  # (B, h*w, 2) source pixel coordinates
-    # Pixel centres at integers -> grid_sample's align_corners=False coordinates (-1 and 1 are the outer edges).
-    scale = torch.tensor([2.0 / width, 2.0 / height], device=device, dtype=compute)
-    grid = (source * scale + (scale / 2 - 1)).reshape(batch, out_h, out_w, 2)
+    ys = torch.arange(out_h, device=device, dtype=compute)
+    # Separable: the x part varies along the row, the y part down the column; one broadcast add makes the grid.
+    along_x = xs[None, None, :, None] * linear[:, None, None, :, 0] + offset[:, None, None, :]  # (B, 1, w, 2)
+    along_y = ys[None, :, None, None] * linear[:, None, None, :, 1]  # (B, h, 1, 2)
+    source_images = images if images.dtype == compute else images.to(compute)
 
-    # Slot each face in its frame: faces of one frame are stacked along the grid's height axis.
+    if num_images == 1:  # every face from one frame (a single photo): stack their grids along the height axis
+        grid = (along_x + along_y).reshape(1, batch * out_h, out_w, 2)
+        sampled = F.grid_sample(source_images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return sampled.reshape(channels, batch, out_h, out_w).transpose(0, 1).to(images.dtype)
+
+    # Several frames: slot each face in its frame, faces of one frame stacked along the grid's height axis;
+    # unused slots sample far outside (zeros). Frames are never copied per face.
     counts = torch.bincount(index, minlength=num_images)
     slots = int(counts.max())
     order = torch.argsort(index, stable=True)
-    sorted_index = index[order]
     starts = torch.cumsum(counts, dim=0) - counts
     slot_of = torch.empty_like(index)
-    slot_of[order] = torch.arange(batch, device=device) - starts[sorted_index]
-    outside = torch.full((num_images, slots, out_h, out_w, 2), -4.0, device=device, dtype=compute)
-    outside[index, slot_of] = grid
-    source_images = images if images.dtype == compute else images.to(compute)
+    slot_of[order] = torch.arange(batch, device=device) - starts[index[order]]
+    grids = torch.full((num_images, slots, out_h, out_w, 2), -4.0, device=device, dtype=compute)
+    grids[index, slot_of] = along_x + along_y
     sampled = F.grid_sample(
         source_images,
-        outside.reshape(num_images, slots * out_h, out_w, 2),
+        grids.reshape(num_images, slots * out_h, out_w, 2),
         mode="bilinear",
         padding_mode="zeros",
         align_corners=False,
     )  # (N, C, slots * h, w)
-    sampled = sampled.reshape(num_images, channels, slots, out_h, out_w).permute(0, 2, 1, 3, 4)
+    sampled = sampled.reshape(num_images, channels, slots, out_h, out_w).transpose(1, 2)
     return sampled[index, slot_of].to(images.dtype)
 
 
