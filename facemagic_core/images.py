@@ -96,7 +96,7 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     try:
         with Image.open(file) as picture:
             picture.seek(0)
-            rgb = np.asarray(picture.convert("RGB"), dtype=np.uint8)
+            rgb = np.array(picture.convert("RGB"), dtype=np.uint8)  # a writable copy
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise BadInputError(
             f"cannot read the image: {error}", where=str(file), fix="use a JPEG, PNG or WebP file that opens elsewhere"
