@@ -69,7 +69,10 @@ _PACK_HELP = (
 
 def _missing_model_fix(role: str) -> str:
     if role == "YuNet detector":
-        return "download face_detection_yunet_2023mar.onnx from the OpenCV model zoo and pass its path"
+        return (
+            "get it with 'facemagic models download yunet' (OpenCV model zoo, face_detection_yunet_2023mar.onnx) "
+            "or pass the path of a YuNet .onnx file"
+        )
     return f"download the model (e.g. 'facemagic models download buffalo_l') or pass the path of the {role} file"
 
 
