@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.jit._trace import TracerWarning
 
 from ..errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
 from ..files import atomic_path, atomic_write_bytes
@@ -207,10 +206,8 @@ def export_module_onnx(
     target = Path(path)
     with atomic_path(target) as temporary, torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter is deprecated in favour of dynamo, which is 10x slower to export and
-        # emits extra constants; its deprecation and tracer warnings are not actionable for users
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", TracerWarning)
+        # emits extra constants; its deprecation, tracer and constant-folding warnings are not actionable
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
             inputs,
