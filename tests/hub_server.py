@@ -17,11 +17,12 @@ It answers the real ``huggingface_hub`` client (``hf_hub_download``,
 Every request is recorded in :attr:`FakeHub.requests`. :meth:`FakeHub.cut_off` makes the
 next full downloads of a file stop half way (the server announces the whole length and
 closes the connection after half of it; requests that try to resume get 503), to test
-interrupted downloads. Use it as a context manager::
+interrupted downloads. Use it as a context manager, with :func:`point_hub_client_at`::
 
     with FakeHub() as hub:
-        hub.add_file("org/name", "model.onnx", data)
-        hf_hub_download("org/name", "model.onnx", endpoint=hub.endpoint, ...)
+        point_hub_client_at(hub.endpoint, monkeypatch)
+        hub.add_file("facefusion/models-3.0.0", "inswapper_128.onnx", data)
+        ensure_model("inswapper_128", model_dir)
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass, field
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    import pytest
 
 _RESOLVE = re.compile(r"^/(?:(?P<datasets>datasets)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<path>.+)$")
 _RANGE = re.compile(r"^bytes=(\d+)-$")
@@ -239,3 +244,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.wfile.write(data[start:])
+
+
+def point_hub_client_at(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send every request of huggingface_hub (and FaceMagic's downloads) to ``endpoint``, online, without pauses.
+
+    FaceMagic reads HF_ENDPOINT at each call; huggingface_hub read it once, at import, into
+    ``constants.ENDPOINT``, which it still uses for side requests (its agent-harness
+    registry), so that is patched too. huggingface_hub pauses 1 s before it resumes a
+    broken download: only its own ``time.sleep`` is replaced.
+    """
+    from huggingface_hub import constants, file_download
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(file_download, "time", SimpleNamespace(sleep=lambda seconds: None))

@@ -12,11 +12,9 @@ import socket
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from hub_server import FakeHub
-from huggingface_hub import constants, file_download
+from hub_server import FakeHub, point_hub_client_at
 
 from facemagic_core import hub
 from facemagic_core.errors import ModelIntegrityError, ModelNotFoundError
@@ -29,12 +27,7 @@ BUFFALO_FILES = ("det_10g.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx
 def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     """A fake Hub on 127.0.0.1 that FaceMagic's downloads go to; huggingface_hub's retry pause is removed."""
     with FakeHub() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        # huggingface_hub waits 1 s before resuming a broken download; only its own `time.sleep` is patched
-        monkeypatch.setattr(file_download, "time", SimpleNamespace(sleep=lambda seconds: None))
+        point_hub_client_at(server.endpoint, monkeypatch)
         yield server
 
 
@@ -262,9 +255,7 @@ def test_missing_file_on_the_hub(fake_hub: FakeHub, model_dir: Path) -> None:
 
 
 def test_hub_unreachable(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    point_hub_client_at(f"http://127.0.0.1:{closed_port()}", monkeypatch)
     with pytest.raises(ModelNotFoundError) as caught:
         hub.ensure_model("hyperswap_1a_256", model_dir)
     message = str(caught.value)
