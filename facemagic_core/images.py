@@ -109,15 +109,20 @@ def rgb_uint8_to_tensor(rgb: npt.NDArray[np.uint8]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """``(3, H, W)`` float in [0, 1] → uint8 on the CPU, rounded half up; converted on the image's device first
+    so a GPU image crosses the bus as bytes."""
+    return image.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).cpu()
+
+
 def tensor_to_rgb_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:
     """``(3, H, W)`` float tensor in [0, 1] → ``(H, W, 3)`` uint8 RGB array (on the CPU)."""
-    scaled = image.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return np.ascontiguousarray(scaled.permute(1, 2, 0).cpu().numpy())
+    return _to_uint8(image).permute(1, 2, 0).contiguous().numpy()
 
 
 def tensor_to_bgr_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:
     """``(3, H, W)`` float tensor in [0, 1] → ``(H, W, 3)`` uint8 BGR array, what OpenCV and insightface read."""
-    return np.ascontiguousarray(tensor_to_rgb_uint8(image)[:, :, ::-1])
+    return _to_uint8(image).flip(0).permute(1, 2, 0).contiguous().numpy()
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
