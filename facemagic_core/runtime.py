@@ -357,6 +357,10 @@ def create_session(
     if options is None:
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: onnxruntime's own warnings (unused initializers...) are noise
+        if any(_spec_name(spec) == "DmlExecutionProvider" for spec in usable):
+            # DirectML supports neither memory patterns nor parallel execution (onnxruntime's DirectML notes)
+            options.enable_mem_pattern = False
+            options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     try:
         session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=usable)
     except Exception as error:  # onnxruntime's pybind exceptions derive from Exception directly

@@ -288,3 +288,23 @@ def test_resolve_dtype(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptur
     assert runtime.resolve_dtype("bfloat16", cuda) == torch.float16
     with pytest.raises(BadInputError, match="unknown dtype"):
         runtime.resolve_dtype("int8", cpu)
+
+
+def test_directml_sessions_get_the_options_directml_needs(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    class RecordingSession:
+        def __init__(self, path: str, sess_options: onnxruntime.SessionOptions, providers: list[object]) -> None:
+            seen.update(options=sess_options, providers=providers)
+
+        def get_providers(self) -> list[str]:
+            return ["DmlExecutionProvider", CPU]
+
+    fake_available(monkeypatch, ["DmlExecutionProvider", CPU])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", RecordingSession)
+    runtime.create_session(tiny_model, providers=runtime.onnx_providers("directml:1"))
+    options = seen["options"]
+    assert isinstance(options, onnxruntime.SessionOptions)
+    assert options.enable_mem_pattern is False
+    assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    assert seen["providers"] == [("DmlExecutionProvider", {"device_id": 1}), CPU]
