@@ -413,27 +413,6 @@ def _normalize_weights(weights: object, count: int, *, where: str) -> npt.NDArra
     return normalized
 
 
-def _identity_with_rows(
-    rows: FloatArray,
-    *,
-    embedding_model: str,
-    sources: tuple[str, ...],
-    weights: tuple[float, ...],
-    mode: str,
-    extra: dict[str, str],
-) -> Identity:
-    """An :class:`Identity` that keeps ``rows`` bit for bit when they are already unit length.
-
-    ``Identity`` re-normalises its rows, and dividing a unit-length float32 row by its computed
-    norm can move it by one ulp; keeping the rows makes save -> load and slerp endpoints exact.
-    """
-    identity = Identity(rows, embedding_model, sources=sources, weights=weights, mode=mode, extra=extra)
-    norms = np.linalg.norm(rows.astype(np.float64), axis=-1)
-    if rows.ndim == 2 and rows.dtype == np.float32 and np.all(np.abs(norms - 1.0) <= 1e-6):
-        object.__setattr__(identity, "embeddings", np.ascontiguousarray(rows))
-    return identity
-
-
 def _finish_mix(
     rows: npt.NDArray[np.float64],
     identities: Sequence[Identity],
@@ -452,7 +431,7 @@ def _finish_mix(
             fix="use other weights or another mixing method",
         )
     unit_rows = rows / norms[:, None] if normalize else rows
-    return _identity_with_rows(
+    return Identity(
         unit_rows.astype(np.float32),
         embedding_model=identities[0].embedding_model,
         sources=tuple(_ingredient_name(identity, number) for number, identity in enumerate(identities)),
@@ -726,7 +705,7 @@ def load_identity(path: str | os.PathLike[str], *, embedding_model: str | None =
     except (TypeError, ValueError) as error:
         raise _damaged(file, f"the identity weights are not numbers: {weights!r}") from error
 
-    identity = _identity_with_rows(
+    identity = Identity(
         np.ascontiguousarray(np.atleast_2d(stored), dtype=np.float32),
         embedding_model=stored_model,
         sources=tuple(str(source) for source in sources),

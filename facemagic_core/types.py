@@ -99,14 +99,18 @@ class Identity:
                 where=f"identity from {', '.join(self.sources) or 'unknown source'}",
                 fix="re-extract the identity from a clear photo; check that the recogniser model file is not corrupt",
             )
-        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        norms = np.linalg.norm(array.astype(np.float64), axis=1, keepdims=True)
         if np.any(norms < 1e-6):
             raise BadInputError(
                 "the identity embedding is all zeros",
                 where=f"identity from {', '.join(self.sources) or 'unknown source'}",
                 fix="re-extract the identity from a clear photo of a face",
             )
-        object.__setattr__(self, "embeddings", np.ascontiguousarray(array / norms, dtype=np.float32))
+        # Rows already of unit length are kept bit for bit: dividing a unit float32 row by its computed norm can
+        # move it by one ulp, which would make save -> load and mixes of an identity with itself inexact.
+        unit = np.abs(norms - 1.0) <= 1e-6
+        normalised = np.where(unit, array, (array / norms).astype(np.float32))
+        object.__setattr__(self, "embeddings", np.ascontiguousarray(normalised, dtype=np.float32))
 
     @property
     def num_blocks(self) -> int:
