@@ -1,0 +1,73 @@
+"""The package's metadata: requirements.txt and pyproject.toml say the same, the CLI is installed,
+and the core library never imports ComfyUI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+
+def _requirements() -> list[str]:
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+def _normalise(requirement: str) -> str:
+    return requirement.replace(" ", "").replace('"', "'").lower()
+
+
+def test_requirements_match_pyproject_dependencies() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert sorted(map(_normalise, project["dependencies"])) == sorted(map(_normalise, _requirements()))
+    # torch stays unpinned: ComfyUI brings its own build.
+    assert "torch" in map(_normalise, project["dependencies"])
+
+
+def test_pyproject_has_what_the_registry_and_pip_need() -> None:
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = data["project"]
+    assert project["name"] == "facemagic"
+    assert project["scripts"]["facemagic"] == "facemagic_core.cli:main"
+    assert "test" in project["optional-dependencies"]
+    assert isinstance(project["license"], str) and project["license"]  # an SPDX expression
+    assert data["tool"]["comfy"]["PublisherId"]
+    assert data["tool"]["comfy"]["DisplayName"] == "FaceMagic"
+
+
+def test_core_imports_with_comfyui_blocked() -> None:
+    """facemagic_core (every module) imports in a fresh interpreter where ComfyUI's modules cannot be imported."""
+    code = """
+import importlib, pkgutil, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'comfy', 'comfy_api', 'comfy_extras', 'folder_paths', 'server', 'nodes'}:
+            raise ImportError(f'blocked: {name}')
+        return None
+sys.meta_path.insert(0, Block())
+import facemagic_core
+modules = pkgutil.walk_packages(facemagic_core.__path__, 'facemagic_core.')
+names = [m.name for m in modules if not m.name.endswith('__main__')]
+for name in names:
+    importlib.import_module(name)
+loaded = sorted(m for m in sys.modules if m.split('.')[0] in {'comfy', 'comfy_api', 'folder_paths', 'server'})
+print(len(names), loaded)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    count, loaded = result.stdout.strip().split(" ", 1)
+    assert int(count) >= 10
+    assert loaded == "[]"
+
+
+def test_cli_help_lists_the_commands() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "facemagic_core", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    for command in ("identity", "similarity", "models"):
+        assert command in result.stdout
