@@ -1,0 +1,82 @@
+"""Everything FaceMagic takes from ComfyUI, imported here and nowhere else.
+
+A change of ComfyUI's API is one edit in this file. What is used, and since when it exists:
+
+- ``comfy_api.latest``: ``io`` (V3 schema: ``ComfyNode``, ``Schema``, ``Custom`` socket types,
+  ``Image``/``Mask``/``String``/``Float``/``Int``/``Boolean``/``Combo`` inputs and outputs,
+  ``NodeOutput``, ``Hidden``) and ``ComfyExtension``. Present in ComfyUI 0.3.6x and in the
+  current public repository; nodes only use constructor arguments both share (ids, display
+  names, tooltips, defaults, min/max/step, options, ``optional``, ``multiline``).
+- ``folder_paths``: ``models_dir``, ``folder_names_and_paths``, ``get_folder_paths``,
+  ``get_filename_list``.
+- ``comfy.model_management``: ``get_torch_device``, ``unet_offload_device``,
+  ``load_models_gpu``, ``throw_exception_if_processing_interrupted``,
+  ``InterruptProcessingException``.
+- ``comfy.model_patcher.ModelPatcher`` (``model, load_device, offload_device``).
+- ``comfy.utils.ProgressBar`` (``total, node_id``; ``update_absolute(value, total)``).
+
+Newer ComfyUI releases also offer ``io.Autogrow`` (inputs that multiply as they are
+connected). FaceMagic does not use it: its input names differ from plain inputs, so one
+schema could not load the same saved workflows on the release that has it and on the one
+that has not. The mix node declares a fixed set of optional identity inputs instead, and
+the frontend extension (``js/``) shows them one at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import comfy.model_management as model_management
+import comfy.model_patcher as model_patcher
+import comfy.utils as comfy_utils
+import folder_paths
+import torch
+from comfy_api.latest import ComfyExtension, io
+
+__all__ = [
+    "ComfyExtension",
+    "InterruptProcessingException",
+    "folder_paths",
+    "get_torch_device",
+    "io",
+    "load_models",
+    "new_model_patcher",
+    "new_progress_bar",
+    "offload_device",
+    "throw_if_interrupted",
+]
+
+#: Raised by ComfyUI when the user presses Cancel; ComfyUI reports it as "interrupted", not as an error.
+InterruptProcessingException: type[BaseException] = model_management.InterruptProcessingException
+
+
+def get_torch_device() -> torch.device:
+    """The device ComfyUI runs models on (honours ``--cpu``, ``--directml``, ``--cuda-device``...)."""
+    device: torch.device = model_management.get_torch_device()
+    return device
+
+
+def offload_device() -> torch.device:
+    """Where ComfyUI parks model weights it evicts from the accelerator."""
+    device: torch.device = model_management.unet_offload_device()
+    return device
+
+
+def new_model_patcher(module: torch.nn.Module, *, load_device: torch.device, offload_to: torch.device) -> Any:
+    """Hand ``module`` to ComfyUI's model management (it may then move its weights between devices)."""
+    return model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_to)
+
+
+def load_models(patchers: list[Any]) -> None:
+    """Make sure the weights of ``patchers`` are on their load device, evicting other models if needed."""
+    model_management.load_models_gpu(patchers)
+
+
+def throw_if_interrupted() -> None:
+    """Raise ``InterruptProcessingException`` if the user cancelled the run (and clear the request)."""
+    model_management.throw_exception_if_processing_interrupted()
+
+
+def new_progress_bar(total: int, node_id: str | None) -> Any:
+    """ComfyUI's progress bar for the node ``node_id`` (the running node when None)."""
+    return comfy_utils.ProgressBar(total, node_id=node_id)

@@ -1,0 +1,143 @@
+"""Loader nodes: the face analyzer and the swap generator."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from facemagic_core.analysis import FaceAnalyzer
+from facemagic_core.generators.loader import load_generator
+from facemagic_core.hub import MODELS
+from facemagic_core.runtime import onnx_providers
+
+from ._comfy import io
+from .common import CATEGORY, DEVICE_TOOLTIP, DEVICES, node_id_of, resolve_device_choice
+from .memory import manage_generator
+from .model_folder import ensure_registry_model, folder_holding, generator_choices, resolve_name
+from .progress import comfy_errors, comfy_progress
+from .sockets import Analyzer, Generator
+
+AnalyzerModel = Literal["buffalo_l", "antelopev2", "yunet"]
+ANALYZER_MODELS: tuple[str, ...] = get_args(AnalyzerModel)
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def load_analyzer(
+    model: str, *, device: str, det_size: int, det_threshold: float, node_id: str | None = None
+) -> FaceAnalyzer:
+    """A FaceAnalyzer from the model folder (downloading what is missing, with ComfyUI's progress bar)."""
+    providers = onnx_providers(resolve_device_choice(device))
+    progress = comfy_progress(node_id=node_id, what=f"analyzer {model}")
+    if model == "yunet":
+        detector = ensure_registry_model("yunet", progress=progress)
+        recognizer = ensure_registry_model("arcface_w600k_r50", progress=progress)
+        return FaceAnalyzer(
+            backend="yunet",
+            detector=detector,
+            recognizer=recognizer,
+            providers=providers,
+            det_size=det_size,
+            det_threshold=det_threshold,
+        )
+    pack = ensure_registry_model(model, progress=progress)
+    return FaceAnalyzer.from_pack(pack, providers=providers, det_size=det_size, det_threshold=det_threshold)
+
+
+class FaceMagicAnalyzerLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FaceMagicAnalyzerLoader",
+            display_name="FaceMagic Analyzer Loader",
+            category=CATEGORY,
+            description="Loads the face detector, landmark models and face recogniser. Missing model files are "
+            "downloaded into models/facemagic on first use.",
+            inputs=[
+                io.Combo.Input(
+                    "model",
+                    options=list(ANALYZER_MODELS),
+                    default="buffalo_l",
+                    tooltip="buffalo_l: insightface's SCRFD detector, 106/68-point landmarks and ArcFace (the usual "
+                    "choice). antelopev2: the same with a larger recogniser. yunet: OpenCV's light detector with "
+                    "ArcFace w600k_r50. insightface models are for non-commercial research only.",
+                ),
+                io.Combo.Input("device", options=list(DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
+                io.Int.Input(
+                    "det_size",
+                    default=640,
+                    min=64,
+                    max=2048,
+                    step=32,
+                    display_name="detection size",
+                    tooltip="Side of the picture the detector looks at, in pixels (a multiple of 32). Larger finds "
+                    "smaller faces but is slower; 640 suits most photos.",
+                ),
+                io.Float.Input(
+                    "det_threshold",
+                    default=0.5,
+                    min=0.05,
+                    max=0.99,
+                    step=0.01,
+                    display_name="detection threshold",
+                    tooltip="Lowest detector confidence kept. Lower it when faces are missed, raise it when "
+                    "non-faces are found.",
+                ),
+            ],
+            outputs=[Analyzer.Output("analyzer", display_name="analyzer", tooltip="The loaded face analyzer.")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, device: str, det_size: int, det_threshold: float) -> io.NodeOutput:
+        with comfy_errors():
+            analyzer = load_analyzer(
+                model, device=device, det_size=det_size, det_threshold=det_threshold, node_id=node_id_of(cls)
+            )
+        return io.NodeOutput(analyzer)
+
+
+class FaceMagicGeneratorLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        choices = generator_choices()
+        return io.Schema(
+            node_id="FaceMagicGeneratorLoader",
+            display_name="FaceMagic Generator Loader",
+            category=CATEGORY,
+            description="Loads a face swap model: a registry name (downloaded into models/facemagic on first use), "
+            "an .onnx file or a native generator folder (config.json + model.safetensors) in models/facemagic.",
+            inputs=[
+                io.Combo.Input(
+                    "model",
+                    options=choices,
+                    default=choices[0] if choices else None,
+                    tooltip="Registry models first (inswapper_128, hyperswap_1a_256...), then the .onnx files and "
+                    "native generator folders found in models/facemagic. Inswapper-style ONNX files run as a native "
+                    "torch module when the conversion matches onnxruntime, which adds per-block identity mixing.",
+                ),
+                io.Combo.Input("device", options=list(DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(DTYPES),
+                    default="auto",
+                    tooltip="Precision of native (torch) generators: auto is fp16 on CUDA and fp32 elsewhere. "
+                    "ONNX models keep the precision of their file.",
+                ),
+            ],
+            outputs=[Generator.Output("generator", display_name="generator", tooltip="The loaded swap model.")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, device: str, dtype: str) -> io.NodeOutput:
+        device_name = resolve_device_choice(device)
+        with comfy_errors():
+            spec = MODELS.get(model)
+            if spec is not None and spec.kind == "swapper":
+                progress = comfy_progress(node_id=node_id_of(cls), what=f"generator {model}")
+                path = ensure_registry_model(model, progress=progress)
+                generator = load_generator(model, model_dir=folder_holding(path), device=device_name, dtype=dtype)
+            else:
+                path = resolve_name(model, what="generator")
+                generator = load_generator(path, model_dir=folder_holding(path), device=device_name, dtype=dtype)
+        return io.NodeOutput(manage_generator(generator, name=model))
+
+
+NODES: list[type[io.ComfyNode]] = [FaceMagicAnalyzerLoader, FaceMagicGeneratorLoader]
