@@ -6,8 +6,9 @@ Everything the pipeline needs goes through :func:`load_generator`, which returns
 
 from __future__ import annotations
 
+from ..align import TemplateName
 from .base import SwapModel, SwapOutput, TorchSwapper, check_swap_inputs, split_woven, swap_woven, weave_woven
-from .config import ARCHES, Arch, GeneratorConfig, TemplateName, ValueRange
+from .config import ARCHES, Arch, GeneratorConfig, ValueRange
 from .convert import ConversionError, convert_checked, convert_inswapper_onnx, export_inswapper_onnx
 from .facemagic import FaceMagicGenerator, StyleMixBlock
 from .inswapper import InswapperBlock, InswapperGenerator

@@ -23,10 +23,11 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..align import TemplateName
 from ..errors import BadInputError, IncompatibleIdentityError
 from ..images import check_images
 from ..runtime import resolve_device, resolve_dtype
-from .config import GeneratorConfig, TemplateName
+from .config import GeneratorConfig
 from .network import SwapGenerator
 
 logger = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from ..align import TemplateName
 from ..errors import BadInputError
 from ..types import EMBEDDING_DIM
 
@@ -26,8 +27,7 @@ from ..types import EMBEDDING_DIM
 Arch = Literal["facemagic", "inswapper"]
 ARCHES: tuple[str, ...] = get_args(Arch)
 
-#: Alignment template of the crops a generator takes (the names used by ``facemagic_core.align``).
-TemplateName = Literal["arcface", "ffhq"]
+#: Alignment templates a generator's crops may use (``facemagic_core.align.TemplateName``).
 TEMPLATES: tuple[str, ...] = get_args(TemplateName)
 
 #: Value range of the images a network takes: ``"zero_one"`` is [0, 1], ``"minus_one_one"`` is [-1, 1].

@@ -97,12 +97,14 @@ class StyleMixBlock(nn.Module):
     around a LeakyReLU. It is exactly neutral, bit for bit, when the delta is:
 
     - ``G_src == G_tgt``: the style MLP runs twice on the same ``(B, D)`` shape and the same
-      values, so ``mlp(G_src) - mlp(G_tgt)`` is exactly 0 (no batching of source and target
-      into one call, whose rows could round differently);
+      values, so ``mlp(G_src) - mlp(G_tgt)`` is 0; rows whose source equals their target are
+      also masked to an exact 0, so this does not depend on the matmul kernels giving
+      bit-identical results for the two calls (e.g. for inputs of different memory layouts);
     - ``w == 0``: ``0 * finite`` is exactly 0.
 
-    Then ``exp(0) - 1 = 0`` exactly in floating point, so ``d`` is exactly 0; a bias-free convolution of zeros is zero
-    and ``LeakyReLU(0) = 0``, so ``refine(d)`` is 0; and ``h + 0 == h``. Any learned bias or
+    Then ``exp(0) - 1 = 0`` exactly in floating point, so ``d`` is exactly 0; a bias-free
+    convolution of zeros is zero and ``LeakyReLU(0) = 0``, so ``refine(d)`` is 0; and
+    ``h + 0 == h``. Any learned bias or
     a refinement fed with ``h`` instead of ``d`` would break this, which is why the refinement
     only ever sees the increment: it shapes *how* a style change spreads spatially, never
     changes a face that gets no change.
@@ -126,6 +128,8 @@ class StyleMixBlock(nn.Module):
     def forward(self, h: Tensor, source: Tensor, target: Tensor, strength: Tensor) -> Tensor:
         """``source``/``target``: (B, D) identities; ``strength``: (B,) weight ``w_l``."""
         delta = (self.style(source) - self.style(target)) * strength.to(h.dtype).unsqueeze(1)
+        # same person: force the delta to exact zero whatever the matmul kernels did with the two calls
+        delta = delta.masked_fill((source == target).all(dim=1, keepdim=True), 0.0)
         mu_diff, log_sigma_diff = delta[:, :, None, None].chunk(2, dim=1)
         mean = h.mean(dim=(2, 3), keepdim=True)
         increment = (torch.exp(log_sigma_diff) - 1) * (h - mean) + mu_diff

@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..align import TemplateName
 from ..errors import BadInputError, ModelIntegrityError
 from ..runtime import GPU_PROVIDERS, ProviderSpec, create_session
 from .base import SwapOutput, check_swap_inputs
-from .config import TemplateName, ValueRange
+from .config import ValueRange
 
 if TYPE_CHECKING:
     import onnx
