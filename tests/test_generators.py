@@ -203,6 +203,24 @@ def test_changing_only_the_fine_blocks_leaves_the_coarse_blocks_untouched() -> N
     assert (rgb_b - rgb_a).abs().max() > 1e-4
 
 
+def test_inswapper_blocks_before_a_changed_identity_are_untouched() -> None:
+    module = build(INSWAPPER_TINY)  # three blocks, all at the bottleneck
+    image, source, target, strength = inputs(INSWAPPER_TINY)
+    last = source.clone()
+    last[:, 2] = unit(2, 512, seed=12)
+    seen, handles = record_blocks(module)
+    with torch.no_grad():
+        module(image, source, target, strength)
+        first = list(seen)
+        seen.clear()
+        module(image, last, target, strength)
+    for handle in handles:
+        handle.remove()
+    for k in (0, 1):
+        assert_close(seen[k][1], first[k][1], rtol=0, atol=0)
+    assert (seen[2][1] - first[2][1]).abs().max() > 1e-3
+
+
 def test_inswapper_strength_zero_feeds_the_targets_own_identity_per_block() -> None:
     module = build(INSWAPPER_TINY)
     image, source, target, strength = inputs(INSWAPPER_TINY)
@@ -474,6 +492,13 @@ def test_swap_woven_swaps_every_interleaved_sub_image() -> None:
             assert_close(woven.images[:, :, i::2, j::2], single, rtol=1e-5, atol=1e-5)
     with pytest.raises(BadInputError, match="takes 64x64 crops"):
         swap_woven(swapper, image, source, target, strength, factor=2)
+    masked = TorchSwapper(build(FACEMAGIC_CONFIGS["full"]))
+    _, source, target, strength = inputs(FACEMAGIC_CONFIGS["full"])
+    woven = swap_woven(masked, large, source, target, strength, factor=2)
+    assert woven.mask is not None and woven.mask.shape == (2, 1, 64, 64)
+    single_mask = masked.swap(large[:, :, 1::2, 0::2].contiguous(), source, target, strength).mask
+    assert single_mask is not None
+    assert_close(woven.mask[:, :, 1::2, 0::2], single_mask, rtol=1e-5, atol=1e-5)
 
 
 def test_identity_dtype_is_float32_numpy_compatible() -> None:
