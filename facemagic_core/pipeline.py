@@ -1,0 +1,1169 @@
+"""The swap pipeline: target faces in, swapped frames (and masks, and pose reports) out.
+
+Stage functions, in pipeline order (the ComfyUI nodes call these; :func:`swap_faces` composes them)::
+
+    select_target_faces(images, analyzer, *, order="largest", index=0, reference=None, min_similarity=None,
+                        dense_landmarks=False) -> list[list[Face]]
+        # per frame, the chosen faces in selection order, each with its raw recogniser embedding
+    FaceTracker(config: SmoothingConfig).smooth(faces_per_frame) -> list[list[Face]]
+        # optional, for videos: One-Euro smoothing of the landmarks_5 that drive alignment, per tracked face
+    align_target_faces(images, faces_per_frame, generator, *, weave=1, no_face="error", frame_offset=0) -> SwapBatch
+    prepare_swap(images, analyzer, generator, *, order, index, reference, min_similarity, dense_landmarks,
+                 tracker=None, weave=1, no_face="error", frame_offset=0) -> SwapBatch
+        # = select_target_faces -> tracker.smooth -> align_target_faces
+    forward_swap(batch, generator, identities, strength=1.0) -> SwapOutput
+        # swapped crops (F, 3, C, C) in [0, 1] (+ the generator's soft mask or None)
+    check_swap_pose(batch, swapped, analyzer, *, thresholds=None, policy="keep") -> PoseCheck
+        # pose reports; crops after the failure policy; which faces to paste back
+    blend_swap(frames, batch, swapped, *, mask="ellipse", erosion=0.05, feather=0.1, external_mask=None,
+               generator_mask=True, colour="none", poisson=False, keep_faces=None) -> tuple[Tensor, Tensor]
+        # (frames (N, 3, H, W), masks (N, H, W)), new tensors
+    swap_faces(images, identities, analyzer, generator, options=SwapOptions(), progress=None, *,
+               tracker=None, external_mask=None, frame_offset=0) -> SwapResult
+    swap_video(source, output, identities, analyzer, generator, options=SwapOptions(), progress=None, *,
+               max_frames=None, on_result=None) -> VideoSwapSummary
+
+Layout: frames are ``(N, 3, H, W)`` float RGB in [0, 1]; ``F`` faces are numbered frame by
+frame, in selection order within a frame; crops are ``(F, 3, C, C)`` with ``C = weave *
+generator.input_size``; ``matrices`` ``(F, 2, 3)`` map frame pixels to crop pixels. From
+alignment to paste-back every tensor stays on the generator's device (detection, the one
+per-image step, runs on the CPU); results come back on the frames' device and dtype. Inputs
+are never modified in place.
+
+Identities: one :class:`~facemagic_core.types.Identity` for every face, or a sequence where
+``identities[i]`` is given to the ``i``-th selected face of every frame; faces beyond the
+end of the sequence take its last identity (so a one-element list is the same as one
+identity, and a face that appears in a few frames of a video never stops the run). The
+*target* identity of each face is its own normalised embedding from the analyzer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, get_args
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .align import invert_affine, transform_points, warp_affine
+from .blend import (
+    COLOUR_METHODS,
+    MASK_KINDS,
+    ColourMethod,
+    MaskKind,
+    create_face_mask,
+    match_colour,
+    paste_back,
+    poisson_blend,
+)
+from .errors import BadInputError, CancelledError, IncompatibleIdentityError, NoFaceError
+from .generators.base import SwapModel, SwapOutput, swap_woven
+from .images import check_images
+from .pose import FAILURE_POLICIES, FailurePolicy, PoseReport, PoseThresholds, apply_pose_policy, check_pose
+from .types import EMBEDDING_DIM, FACE_ORDERS, Face, FaceOrder, FloatArray, Identity, ProgressCallback
+
+logger = logging.getLogger(__name__)
+
+#: What to do with a frame where no face (or not the face asked for) is found: raise, or return it unchanged.
+NoFacePolicy = Literal["error", "pass"]
+NO_FACE_POLICIES: tuple[str, ...] = get_args(NoFacePolicy)
+
+#: Frames per chunk of :func:`swap_faces` (alignment to paste-back run on one chunk at a time).
+DEFAULT_CHUNK_SIZE = 8
+#: Largest weave factor: a 128 px model at 4x fills a 512 px crop (16 sub-images per face).
+MAX_WEAVE = 4
+#: The pose check looks for the face in its crop padded to this many times the crop side (detectors need context).
+POSE_CANVAS_SCALE = 2
+
+
+class Analyzer(Protocol):
+    """What the pipeline needs from a face analyzer (:class:`facemagic_core.analysis.FaceAnalyzer`)."""
+
+    embedding_model: str
+
+    @property
+    def has_dense_landmarks(self) -> bool: ...
+
+    def analyze(self, images: Tensor, *, landmarks: bool = True, embeddings: bool = True) -> list[list[Face]]: ...
+
+    def embed_faces(self, images: Tensor, faces: Sequence[Face]) -> list[Face]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Options and results
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    """Temporal smoothing of alignment landmarks in videos: a One-Euro filter per tracked face.
+
+    The One-Euro filter (Casiez, Roussel and Vogel, CHI 2012) is an exponential smoother whose
+    cut-off frequency rises with the speed of the signal: a still face is smoothed hard (no
+    jitter), a moving one lightly (little lag). Frequencies are in cycles per frame and
+    speeds in face sizes per frame, so the behaviour does not depend on the frame rate or
+    the resolution. Faces are matched frame to frame by box overlap (IoU), else by the
+    nearest centre within one face size.
+    """
+
+    min_cutoff: float = 0.02  # cut-off (cycles/frame) of a still face; lower = smoother, more lag when it moves
+    beta: float = 5.0  # cut-off gained per unit of speed (face sizes/frame); higher = less lag when moving
+    derivative_cutoff: float = 0.05  # cut-off of the velocity estimate itself
+    max_gap: int = 5  # frames a face may go undetected and keep its track
+    min_iou: float = 0.2  # smallest box overlap that matches a face to a track
+
+    def __post_init__(self) -> None:
+        for name in ("min_cutoff", "beta", "derivative_cutoff", "min_iou"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise BadInputError(f"{name} must be a non-negative number, got {value!r}", where="SmoothingConfig")
+        if self.min_cutoff <= 0 or self.derivative_cutoff <= 0:
+            raise BadInputError("min_cutoff and derivative_cutoff must be positive", where="SmoothingConfig")
+        if isinstance(self.max_gap, bool) or not isinstance(self.max_gap, int) or self.max_gap < 0:
+            raise BadInputError(f"max_gap must be a whole number >= 0, got {self.max_gap!r}", where="SmoothingConfig")
+
+    @classmethod
+    def with_strength(cls, strength: float) -> SmoothingConfig:
+        """The default config with the still-face cut-off divided by ``strength`` (1 = default, 2 = smoother)."""
+        if not (isinstance(strength, int | float) and math.isfinite(strength) and strength > 0):
+            raise BadInputError(f"the smoothing strength must be positive, got {strength!r}", where="smoothing")
+        return cls(min_cutoff=cls.min_cutoff / float(strength))
+
+
+def _check_literal(value: object, allowed: tuple[str, ...], name: str) -> None:
+    if value not in allowed:
+        raise BadInputError(f"unknown {name} {value!r}", where="swap options", fix=f"use one of {', '.join(allowed)}")
+
+
+def _check_fraction(value: object, name: str, high: float = 1.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadInputError(f"{name} must be a number, got {value!r}", where="swap options")
+    if not 0.0 <= float(value) <= high:
+        raise BadInputError(f"{name} must lie between 0 and {high}, got {value!r}", where="swap options")
+
+
+@dataclass(frozen=True, eq=False)
+class SwapOptions:
+    """Everything :func:`swap_faces` can be told, with the defaults a newcomer gets."""
+
+    face_order: FaceOrder = "largest"  # how the faces of a frame are counted for face_index
+    face_index: int | tuple[int, ...] | None = 0  # which faces to swap: one, several (in order), None = all
+    reference: FloatArray | None = None  # swap the faces most like this embedding instead (sorted by similarity)
+    min_similarity: float | None = None  # with reference: skip faces less similar than this
+    strength: float | tuple[float, ...] = 1.0  # identity strength in [0, 1], or one per generator block
+    weave: int = 1  # crop at weave x the model's size, swapped as weave**2 interleaved sub-images
+    smoothing: SmoothingConfig | None = None  # temporal landmark smoothing for videos (None = off)
+    mask: MaskKind = "ellipse"  # face mask shape: box, ellipse, hull (hull needs 68/106-point landmarks)
+    erosion: float = 0.05  # mask shrink, fraction of the face size
+    feather: float = 0.1  # soft mask edge, fraction of the face size
+    generator_mask: bool = True  # combine the generator's own soft mask (when it has one) by minimum
+    colour: ColourMethod = "none"  # match the swapped face's colours to the target: none, mean_std, lab
+    poisson: bool = False  # Poisson (seamless) blending on the CPU instead of the torch paste-back
+    pose_check: bool = False  # compare head pose and landmarks of target and result, one report per face
+    pose_thresholds: PoseThresholds = field(default_factory=PoseThresholds)
+    pose_policy: FailurePolicy = "keep"  # a face failing the pose check: keep the swap, or the original face
+    no_face: NoFacePolicy = "error"  # a frame without the face asked for: raise NoFaceError, or pass it through
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # frames aligned, swapped and pasted at once (halved on out-of-memory)
+
+    def __post_init__(self) -> None:
+        _check_literal(self.face_order, FACE_ORDERS, "face order")
+        _check_literal(self.mask, MASK_KINDS, "mask kind")
+        _check_literal(self.colour, COLOUR_METHODS, "colour method")
+        _check_literal(self.pose_policy, FAILURE_POLICIES, "pose policy")
+        _check_literal(self.no_face, NO_FACE_POLICIES, "no-face policy")
+        if isinstance(self.face_index, list):
+            object.__setattr__(self, "face_index", tuple(self.face_index))
+        indices: tuple[int, ...] = ()
+        if isinstance(self.face_index, tuple):
+            indices = self.face_index
+        elif self.face_index is not None:
+            indices = (self.face_index,)
+        for value in indices:
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise BadInputError(
+                    f"face indices are whole numbers from 0, got {value!r}",
+                    where="swap options",
+                    fix="use 0 for the first face, or None for all faces",
+                )
+        if isinstance(self.strength, list):
+            object.__setattr__(self, "strength", tuple(self.strength))
+        strengths: tuple[float, ...] = self.strength if isinstance(self.strength, tuple) else (self.strength,)
+        if not strengths:
+            raise BadInputError("strength needs at least one value", where="swap options")
+        for amount in strengths:
+            _check_fraction(amount, "strength")
+        _check_fraction(self.erosion, "erosion", 0.5)
+        _check_fraction(self.feather, "feather", 1.0)
+        if isinstance(self.weave, bool) or not isinstance(self.weave, int) or not 1 <= self.weave <= MAX_WEAVE:
+            raise BadInputError(f"weave must be a whole number from 1 to {MAX_WEAVE}, got {self.weave!r}")
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise BadInputError(f"chunk_size must be a positive whole number, got {self.chunk_size!r}")
+        if self.min_similarity is not None and self.reference is None:
+            raise BadInputError(
+                "min_similarity needs a reference embedding", where="swap options", fix="set reference too"
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class SwapBatch:
+    """Aligned target faces of a batch of frames, ready for the generator (what the Swap node passes on).
+
+    ``F`` faces, numbered frame by frame and in selection order within a frame. Tensors live
+    on the generator's device.
+    """
+
+    crops: Tensor  # (F, 3, C, C) float32 aligned target crops in [0, 1], C = weave * generator.input_size
+    matrices: Tensor  # (F, 2, 3) float32 frame -> crop matrices
+    image_index: Tensor  # (F,) long: the frame of each face, 0..num_frames-1
+    faces: tuple[Face, ...]  # the detected faces (raw landmarks, with embeddings); face.image_index = frame
+    face_index: tuple[int, ...]  # (F,) position of each face in its frame's selection (0 = first chosen)
+    alignment_landmarks: FloatArray  # (F, 5, 2) the landmarks the crops were aligned with (smoothed or raw)
+    frames_without_face: tuple[int, ...]  # frames (0-based, within this batch) where no face was chosen
+    num_frames: int  # N
+    frame_size: tuple[int, int]  # (H, W)
+    weave: int  # crop side = weave * model input size
+    template: str  # alignment template of the crops ("arcface" or "ffhq")
+
+    @property
+    def num_faces(self) -> int:
+        return len(self.faces)
+
+    @property
+    def crop_size(self) -> int:
+        return int(self.crops.shape[-1])
+
+    @property
+    def face_counts(self) -> tuple[int, ...]:
+        """Faces chosen in each frame."""
+        counts = [0] * self.num_frames
+        for face in self.faces:
+            counts[face.image_index] += 1
+        return tuple(counts)
+
+    def target_embeddings(self) -> Tensor:
+        """``(F, D)`` L2-normalised embeddings of the target faces (their own identities), float32, on the device."""
+        if not self.faces:
+            return torch.zeros((0, EMBEDDING_DIM), device=self.crops.device)
+        rows = np.stack([_face_embedding(face, number) for number, face in enumerate(self.faces)])
+        return F.normalize(torch.from_numpy(rows).to(self.crops.device), dim=-1)
+
+
+@dataclass(frozen=True, eq=False)
+class PoseCheck:
+    """The pose check of every face of a :class:`SwapBatch`."""
+
+    reports: tuple[PoseReport, ...]  # one per face, image_index within the batch
+    crops: Tensor  # (F, 3, C, C) the crops to paste: the swap, or the original crop for failed faces (policy)
+    keep_faces: Tensor  # (F,) bool: paste this face back (False: a failed face under policy "original")
+    target_landmarks: FloatArray  # (F, N, 2) target landmarks measured on the original crop, in frame pixels
+    result_landmarks: FloatArray  # (F, N, 2) the same measured on the swapped crop, in frame pixels
+
+
+@dataclass(frozen=True, eq=False)
+class SwapResult:
+    """What :func:`swap_faces` returns."""
+
+    images: Tensor  # (N, 3, H, W) new tensor, the input's dtype and device
+    masks: Tensor  # (N, H, W) where each frame was changed (max of its face masks), in [0, 1]
+    frames_without_face: tuple[int, ...]  # frames returned unchanged because no face was chosen (frame_offset added)
+    face_counts: tuple[int, ...]  # faces swapped per frame
+    pose_reports: tuple[PoseReport, ...] = ()  # with options.pose_check, one per face (image_index with frame_offset)
+    faces: tuple[Face, ...] = ()  # the swapped target faces (image_index with frame_offset)
+    pose_landmarks: tuple[FloatArray, FloatArray] | None = None  # (target, result) (F, N, 2) frame pixels
+    frame_offset: int = 0  # images[i] is frame frame_offset + i of the video
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Choosing the target faces
+
+
+def _face_embedding(face: Face, number: int) -> FloatArray:
+    if face.embedding is None:
+        raise BadInputError(
+            "a target face has no embedding, which the swap needs as the target's own identity",
+            where=f"frame {face.image_index}, face {number}",
+            fix="use an analyzer with a recogniser (e.g. buffalo_l, or YuNet + w600k_r50)",
+        )
+    vector = np.asarray(face.embedding, dtype=np.float32).reshape(-1)
+    if not np.all(np.isfinite(vector)) or float(np.linalg.norm(vector)) < 1e-12:
+        raise BadInputError(
+            "a target face's embedding is zero or not finite",
+            where=f"frame {face.image_index}, face {number}",
+            fix="check the recogniser model file",
+        )
+    return vector
+
+
+def select_target_faces(
+    images: Tensor,
+    analyzer: Analyzer,
+    *,
+    order: FaceOrder = "largest",
+    index: int | Sequence[int] | None = 0,
+    reference: FloatArray | None = None,
+    min_similarity: float | None = None,
+    dense_landmarks: bool = False,
+) -> list[list[Face]]:
+    """Detect the faces of every frame and choose the ones to swap, each with its embedding.
+
+    Per frame: faces sorted by ``order`` (or by similarity to ``reference``), then ``index``
+    picks one (int), several (in that order) or all (None); see
+    :func:`facemagic_core.analysis.select_faces`. Only the chosen faces are embedded (one
+    recogniser call for the batch), unless ``reference`` needs every face's embedding.
+    ``dense_landmarks`` also computes 68/106-point landmarks (for the hull mask).
+    A frame may get an empty list; :func:`align_target_faces` applies the no-face policy.
+    """
+    from .analysis import select_faces
+
+    check_images(images, where="target images")
+    per_frame = analyzer.analyze(images, landmarks=dense_landmarks, embeddings=reference is not None)
+    if len(per_frame) != images.shape[0]:
+        raise BadInputError(
+            f"the face analyzer returned results for {len(per_frame)} of {images.shape[0]} frames",
+            fix="this is a bug in the analyzer; please report it",
+        )
+    chosen = [
+        select_faces(faces, order=order, index=index, reference=reference, min_similarity=min_similarity)
+        for faces in per_frame
+    ]
+    if reference is None:
+        flat = [face for faces in chosen for face in faces]
+        if flat:
+            embedded = iter(analyzer.embed_faces(images, flat))
+            chosen = [[next(embedded) for _ in faces] for faces in chosen]
+    return [
+        [face if face.image_index == frame else dataclasses.replace(face, image_index=frame) for face in faces]
+        for frame, faces in enumerate(chosen)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Temporal smoothing (videos)
+
+
+def _box_iou(a: FloatArray, b: FloatArray) -> float:
+    width = min(float(a[2]), float(b[2])) - max(float(a[0]), float(b[0]))
+    height = min(float(a[3]), float(b[3])) - max(float(a[1]), float(b[1]))
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _smoothing_factor(cutoff: float) -> float:
+    """Exponential smoothing factor of a cut-off frequency (cycles per frame), one frame per step."""
+    tau = 1.0 / (2.0 * math.pi * cutoff)
+    return 1.0 / (1.0 + tau)
+
+
+@dataclass
+class _Track:
+    landmarks: np.ndarray  # (5, 2) filtered
+    velocity: np.ndarray  # (2,) filtered velocity of the landmarks' centre, face sizes per frame
+    bbox: np.ndarray  # last raw box
+    last_frame: int
+
+
+class FaceTracker:
+    """Smooths the ``landmarks_5`` of faces across the frames of a video (see :class:`SmoothingConfig`).
+
+    Stateful: call :meth:`smooth` on consecutive chunks of one video, in order; use a new
+    tracker for another video. All five points of a face share one cut-off (derived from the
+    speed of their centre), so the face shape is smoothed as a whole and does not deform.
+    """
+
+    def __init__(self, config: SmoothingConfig | None = None) -> None:
+        self.config = config or SmoothingConfig()
+        self._tracks: list[_Track] = []
+        self._frame = 0
+
+    def reset(self) -> None:
+        self._tracks = []
+        self._frame = 0
+
+    def smooth(self, faces_per_frame: Sequence[Sequence[Face]]) -> list[list[Face]]:
+        """Copies of the faces with smoothed ``landmarks_5``; everything else is kept."""
+        result: list[list[Face]] = []
+        for faces in faces_per_frame:
+            result.append(self._smooth_frame(list(faces)))
+            self._frame += 1
+        return result
+
+    def _match(self, faces: list[Face]) -> list[int | None]:
+        config, frame = self.config, self._frame
+        alive = [t for t in range(len(self._tracks)) if frame - self._tracks[t].last_frame <= config.max_gap + 1]
+        pairs = []
+        for f, face in enumerate(faces):
+            size = max(face.size, 1.0)
+            for t in alive:
+                track = self._tracks[t]
+                iou = _box_iou(face.bbox, track.bbox)
+                centre = np.array(face.center)
+                track_centre = (track.bbox[:2] + track.bbox[2:]) / 2
+                distance = float(np.linalg.norm(centre - track_centre)) / size
+                if iou >= config.min_iou or distance < 1.0:
+                    pairs.append((iou, -distance, f, t))
+        pairs.sort(reverse=True)
+        assigned: list[int | None] = [None] * len(faces)
+        used: set[int] = set()
+        for _, _, f, t in pairs:
+            if assigned[f] is None and t not in used:
+                assigned[f] = t
+                used.add(t)
+        return assigned
+
+    def _smooth_frame(self, faces: list[Face]) -> list[Face]:
+        config, frame = self.config, self._frame
+        assigned = self._match(faces)
+        out = []
+        for face, t in zip(faces, assigned, strict=True):
+            raw = np.asarray(face.landmarks_5, dtype=np.float64)
+            if t is None:
+                self._tracks.append(_Track(raw.copy(), np.zeros(2), np.asarray(face.bbox, np.float64), frame))
+                out.append(face)
+                continue
+            track = self._tracks[t]
+            steps = max(frame - track.last_frame, 1)
+            size = max(face.size, 1.0)
+            # The velocity of the face centre (face sizes per frame), itself smoothed, sets the cut-off; it is
+            # smoothed as a vector, so that the noise of a still face averages out instead of adding up as speed.
+            raw_velocity = (raw.mean(axis=0) - track.landmarks.mean(axis=0)) / size / steps
+            beta_d = _smoothing_factor(config.derivative_cutoff)
+            track.velocity = track.velocity + beta_d * (raw_velocity - track.velocity)
+            speed = float(np.linalg.norm(track.velocity))
+            alpha = _smoothing_factor(config.min_cutoff + config.beta * speed)
+            alpha = 1.0 - (1.0 - alpha) ** steps  # a gap of several frames lets the filter catch up accordingly
+            track.landmarks = track.landmarks + alpha * (raw - track.landmarks)
+            track.bbox = np.asarray(face.bbox, np.float64)
+            track.last_frame = frame
+            out.append(dataclasses.replace(face, landmarks_5=track.landmarks.astype(np.float32)))
+        self._tracks = [t for t in self._tracks if frame - t.last_frame <= config.max_gap]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Alignment
+
+
+def _frame_label(frame: int, total: int | None) -> str:
+    return f"frame {frame + 1}" + (f" of {total}" if total else "") + f" (index {frame})"
+
+
+def _no_face_error(frames: Sequence[int], frame_offset: int, total: int | None) -> NoFaceError:
+    first = frames[0] + frame_offset
+    more = f" and {len(frames) - 1} more frame(s)" if len(frames) > 1 else ""
+    return NoFaceError(
+        "no face was found (or not the face asked for)",
+        where=_frame_label(first, total) + more,
+        fix="use frames where the face is clearly visible, check --face-index / the face order, "
+        "or pass such frames through unchanged (no-face policy 'pass')",
+    )
+
+
+def align_target_faces(
+    images: Tensor,
+    faces_per_frame: Sequence[Sequence[Face]],
+    generator: SwapModel,
+    *,
+    weave: int = 1,
+    no_face: NoFacePolicy = "error",
+    frame_offset: int = 0,
+    total_frames: int | None = None,
+) -> SwapBatch:
+    """Align every chosen face to the generator's template at ``weave * generator.input_size`` pixels.
+
+    ``faces_per_frame[n]`` are the faces of ``images[n]`` (their ``image_index`` is ignored:
+    the list position says the frame). Alignment uses each face's ``landmarks_5`` (smoothed
+    ones when a :class:`FaceTracker` produced them). The crops are sampled on the generator's
+    device. ``no_face="error"`` raises :class:`NoFaceError` naming the first frame without a
+    face (``frame_offset`` is added to frame numbers in messages; ``total_frames`` is the
+    length of the whole video, for messages).
+    """
+    from .align import estimate_similarity, face_template
+
+    check_images(images, where="target images")
+    _check_literal(no_face, NO_FACE_POLICIES, "no-face policy")
+    if isinstance(weave, bool) or not isinstance(weave, int) or not 1 <= weave <= MAX_WEAVE:
+        raise BadInputError(f"weave must be a whole number from 1 to {MAX_WEAVE}, got {weave!r}")
+    num_frames, _, height, width = (int(n) for n in images.shape)
+    if len(faces_per_frame) != num_frames:
+        raise BadInputError(f"{len(faces_per_frame)} face lists for {num_frames} frames", where="align_target_faces")
+    missing = tuple(frame for frame, faces in enumerate(faces_per_frame) if not faces)
+    if missing and no_face == "error":
+        raise _no_face_error(missing, frame_offset, total_frames)
+
+    faces: list[Face] = []
+    positions: list[int] = []
+    for frame, frame_faces in enumerate(faces_per_frame):
+        for position, face in enumerate(frame_faces):
+            faces.append(face if face.image_index == frame else dataclasses.replace(face, image_index=frame))
+            positions.append(position)
+
+    device = generator.device
+    size = generator.input_size * weave
+    template = str(generator.template)
+    frames = images.to(device=device, dtype=torch.float32)
+    if faces:
+        landmarks = np.stack([np.asarray(face.landmarks_5, dtype=np.float64) for face in faces])
+        points = face_template(generator.template, size)
+        matrices = estimate_similarity(torch.from_numpy(landmarks), points).to(device=device, dtype=torch.float32)
+        image_index = torch.tensor([face.image_index for face in faces], dtype=torch.long, device=device)
+        crops = warp_affine(frames, matrices, (size, size), image_index=image_index)
+    else:
+        landmarks = np.zeros((0, 5, 2))
+        matrices = torch.zeros((0, 2, 3), device=device)
+        image_index = torch.zeros((0,), dtype=torch.long, device=device)
+        crops = torch.zeros((0, 3, size, size), device=device)
+    return SwapBatch(
+        crops=crops,
+        matrices=matrices,
+        image_index=image_index,
+        faces=tuple(faces),
+        face_index=tuple(positions),
+        alignment_landmarks=landmarks.astype(np.float32),
+        frames_without_face=missing,
+        num_frames=num_frames,
+        frame_size=(height, width),
+        weave=weave,
+        template=template,
+    )
+
+
+def prepare_swap(
+    images: Tensor,
+    analyzer: Analyzer,
+    generator: SwapModel,
+    *,
+    order: FaceOrder = "largest",
+    index: int | Sequence[int] | None = 0,
+    reference: FloatArray | None = None,
+    min_similarity: float | None = None,
+    dense_landmarks: bool = False,
+    tracker: FaceTracker | None = None,
+    weave: int = 1,
+    no_face: NoFacePolicy = "error",
+    frame_offset: int = 0,
+    total_frames: int | None = None,
+) -> SwapBatch:
+    """:func:`select_target_faces`, then ``tracker.smooth`` (when given), then :func:`align_target_faces`."""
+    chosen = select_target_faces(
+        images,
+        analyzer,
+        order=order,
+        index=index,
+        reference=reference,
+        min_similarity=min_similarity,
+        dense_landmarks=dense_landmarks,
+    )
+    if tracker is not None:
+        chosen = tracker.smooth(chosen)
+    return align_target_faces(
+        images, chosen, generator, weave=weave, no_face=no_face, frame_offset=frame_offset, total_frames=total_frames
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The generator
+
+
+def _generator_id_dim(generator: SwapModel) -> int:
+    cfg = getattr(generator, "cfg", None)
+    return int(getattr(cfg, "id_dim", EMBEDDING_DIM))
+
+
+def check_identity(identity: Identity, generator: SwapModel, *, where: str = "identity") -> None:
+    """Raise :class:`IncompatibleIdentityError` unless ``identity`` fits ``generator`` (recogniser and size)."""
+    if not isinstance(identity, Identity):
+        raise BadInputError(
+            f"expected an Identity, got {type(identity).__name__}",
+            where=where,
+            fix="make one with extract_identity or load_identity",
+        )
+    if identity.embedding_model != generator.embedding_model:
+        raise IncompatibleIdentityError(
+            f"the identity was made with the recogniser '{identity.embedding_model}', but the generator "
+            f"{generator.name} takes '{generator.embedding_model}' embeddings",
+            where=where,
+            fix=f"re-extract the identity with the '{generator.embedding_model}' recogniser, "
+            "or use a generator made for this identity's recogniser",
+        )
+    id_dim = _generator_id_dim(generator)
+    if identity.dim != id_dim:
+        raise IncompatibleIdentityError(
+            f"the identity has {identity.dim} numbers per embedding but the generator {generator.name} takes {id_dim}",
+            where=where,
+            fix=f"use an identity made by the generator's recogniser ({generator.embedding_model}, {id_dim}-d)",
+        )
+
+
+def _strength_rows(strength: float | Sequence[float] | Tensor, num_blocks: int) -> Tensor:
+    """``(num_blocks,)`` strengths from one number or one per block."""
+    values = torch.as_tensor(strength, dtype=torch.float32).reshape(-1)
+    if values.numel() == 1:
+        values = values.expand(num_blocks)
+    if values.numel() != num_blocks:
+        raise BadInputError(
+            f"{values.numel()} strength values for a generator with {num_blocks} injection block(s)",
+            where="strength",
+            fix=f"give one strength, or exactly {num_blocks} (one per block, coarsest first)",
+        )
+    if not bool(torch.isfinite(values).all()) or bool((values < 0).any()) or bool((values > 1).any()):
+        raise BadInputError("strength values must lie in [0, 1]", where="strength", fix="use numbers from 0 to 1")
+    return values.clone()
+
+
+def forward_swap(
+    batch: SwapBatch,
+    generator: SwapModel,
+    identities: Identity | Sequence[Identity],
+    strength: float | Sequence[float] = 1.0,
+) -> SwapOutput:
+    """Run the generator on every crop of ``batch``: ``SwapOutput(images (F, 3, C, C), mask or None)``.
+
+    Face ``f`` gets ``identities[batch.face_index[f]]`` (the last one repeats; see the module
+    docstring); its target identity is its own normalised embedding. ``strength`` is one
+    number or one per generator block (coarsest first). Crops woven at ``batch.weave``
+    times the model size run as ``weave**2`` sub-images (:func:`swap_woven`).
+    """
+    listed = [identities] if isinstance(identities, Identity) else list(identities)
+    if not listed:
+        raise BadInputError("no identity was given", where="forward_swap", fix="pass at least one identity")
+    for number, identity in enumerate(listed):
+        check_identity(identity, generator, where=f"identity {number}")
+    if batch.crop_size != generator.input_size * batch.weave:
+        raise BadInputError(
+            f"the crops are {batch.crop_size} px but {generator.name} with weave {batch.weave} takes "
+            f"{generator.input_size * batch.weave} px",
+            where="forward_swap",
+            fix="prepare the swap with the generator that runs it",
+        )
+    if batch.template != str(generator.template):
+        raise BadInputError(
+            f"the crops are aligned to the {batch.template} template but {generator.name} takes {generator.template}",
+            where="forward_swap",
+            fix="prepare the swap with the generator that runs it",
+        )
+    num_blocks = int(generator.num_blocks)
+    rows = _strength_rows(strength, num_blocks)
+    device = batch.crops.device
+    if batch.num_faces == 0:
+        empty = batch.crops.new_zeros(batch.crops.shape)
+        return SwapOutput(images=empty, mask=None)
+    if batch.faces and len(listed) < max(batch.face_index) + 1:
+        logger.info(
+            "%d identities for up to %d faces per frame: faces beyond the list take the last identity",
+            len(listed),
+            max(batch.face_index) + 1,
+        )
+    table = torch.from_numpy(np.stack([identity.for_blocks(num_blocks) for identity in listed])).to(device)
+    choice = torch.tensor([min(position, len(listed) - 1) for position in batch.face_index], device=device)
+    source = table[choice]  # (F, K, D)
+    target = batch.target_embeddings()
+    if target.shape[-1] != source.shape[-1]:
+        raise IncompatibleIdentityError(
+            f"the target faces' embeddings have {target.shape[-1]} numbers but the identity has {source.shape[-1]}",
+            where="forward_swap",
+            fix="use the same recogniser for the source identity and the target faces",
+        )
+    strengths = rows.to(device).unsqueeze(0).expand(batch.num_faces, num_blocks)
+    return swap_woven(generator, batch.crops, source, target, strengths, factor=batch.weave)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Pose check
+
+
+def _measure_landmarks(crops: Tensor, analyzer: Analyzer) -> tuple[list[np.ndarray | None], int]:
+    """Landmarks (crop pixels) of the face nearest the centre of each crop; None where none is found.
+
+    Each crop is placed in the middle of a black canvas :data:`POSE_CANVAS_SCALE` times its
+    size (detectors need some context around a face). Returns the landmarks and their count
+    (dense when the analyzer has a landmark model, else 5).
+    """
+    size = int(crops.shape[-1])
+    pad = size * (POSE_CANVAS_SCALE - 1) // 2
+    canvas = F.pad(crops.detach().float().clamp(0, 1).cpu(), (pad, pad, pad, pad))
+    found = analyzer.analyze(canvas, landmarks=True, embeddings=False)
+    dense = bool(analyzer.has_dense_landmarks)
+    centre = np.array([pad + (size - 1) / 2, pad + (size - 1) / 2])
+    points: list[np.ndarray | None] = []
+    number = 5
+    for faces in found:
+        if not faces:
+            points.append(None)
+            continue
+        best = min(faces, key=lambda face: float(np.linalg.norm(np.array(face.center) - centre)))
+        values = best.landmarks if dense and best.landmarks is not None else best.landmarks_5
+        array = np.asarray(values, dtype=np.float64) - pad
+        number = array.shape[0]
+        points.append(array)
+    return points, number
+
+
+def check_swap_pose(
+    batch: SwapBatch,
+    swapped: SwapOutput | Tensor,
+    analyzer: Analyzer,
+    *,
+    thresholds: PoseThresholds | None = None,
+    policy: FailurePolicy = "keep",
+) -> PoseCheck:
+    """Compare head pose and landmarks of each target face and its swap; apply ``policy`` to failures.
+
+    Landmarks are measured the same way on the original crop and on the swapped crop, with
+    the analyzer's own models (68/106 points when it has a landmark model, else the
+    detector's 5), then mapped to frame pixels with the inverse alignment matrix; so a
+    difference comes from the swap, not from measuring a crop against a full frame. A
+    swapped crop where no face is found fails ("no face found in the swapped crop").
+    """
+    _check_literal(policy, FAILURE_POLICIES, "pose policy")
+    crops = swapped.images if isinstance(swapped, SwapOutput) else swapped
+    if crops.shape != batch.crops.shape:
+        raise BadInputError(
+            f"swapped crops {tuple(crops.shape)} do not match the batch's {tuple(batch.crops.shape)}",
+            where="check_swap_pose",
+        )
+    count = batch.num_faces
+    if count == 0:
+        empty = np.zeros((0, 5, 2), dtype=np.float32)
+        return PoseCheck((), crops.clone(), torch.zeros(0, dtype=torch.bool, device=crops.device), empty, empty)
+    measured, _ = _measure_landmarks(torch.cat([batch.crops, crops.to(batch.crops.device)]), analyzer)
+    target_crop, result_crop = measured[:count], measured[count:]
+    inverse = invert_affine(batch.matrices.detach().to("cpu", torch.float64))
+    fallback = transform_points(
+        torch.from_numpy(batch.alignment_landmarks.astype(np.float64)), batch.matrices.detach().to("cpu").double()
+    ).numpy()  # the alignment landmarks in crop pixels, for faces the detector misses on the original crop
+    width = max((p.shape[0] for p in target_crop + result_crop if p is not None), default=5)
+    targets, results, found = [], [], []
+    for f in range(count):
+        target = target_crop[f]
+        if target is None or target.shape[0] != width:
+            target = fallback[f] if width == 5 else None
+        result = result_crop[f]
+        ok = target is not None and result is not None and result.shape[0] == width
+        found.append(ok)
+        target_points = target if target is not None else np.zeros((width, 2))
+        targets.append(target_points)
+        results.append(result if ok and result is not None else target_points)
+    crop_points = torch.from_numpy(np.stack(targets + results))
+    frame_points = transform_points(crop_points, torch.cat([inverse, inverse])).numpy()
+    target_frame, result_frame = frame_points[:count], frame_points[count:]
+    sizes = np.array([max(face.size, 1.0) for face in batch.faces])
+    image_index = [face.image_index for face in batch.faces]
+    reports = check_pose(
+        target_frame,
+        result_frame,
+        sizes,
+        thresholds=thresholds,
+        image_index=image_index,
+        face_index=list(batch.face_index),
+        image_size=batch.frame_size,
+    )
+    final = []
+    for f, report in enumerate(reports):
+        if not found[f]:
+            what = "no face found in the swapped crop" if result_crop[f] is None else "the face was not measured"
+            nan3 = (math.nan, math.nan, math.nan)
+            report = dataclasses.replace(
+                report, result_pose=nan3, pose_diff=nan3, nme=math.nan, passed=False, reason=what, worst_region=""
+            )
+        final.append(report)
+    after = apply_pose_policy(crops, batch.crops.to(crops.device), final, policy)
+    keep = torch.tensor([report.passed or policy == "keep" for report in final], dtype=torch.bool, device=crops.device)
+    return PoseCheck(tuple(final), after, keep, target_frame.astype(np.float32), result_frame.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Blending
+
+
+def _external_crop_masks(external: Tensor, batch: SwapBatch) -> Tensor:
+    """Frame-space masks ``(N, H, W)`` or ``(N, 1, H, W)`` (or one for all frames) warped into each face's crop."""
+    mask = external
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(1)
+    height, width = batch.frame_size
+    if mask.ndim != 4 or mask.shape[1] != 1 or tuple(mask.shape[2:]) != (height, width):
+        raise BadInputError(
+            f"the external mask must be (N, H, W) = (N, {height}, {width}), got {tuple(external.shape)}",
+            where="blend_swap",
+            fix="give one mask per frame at the frames' size (1 keeps the swap, 0 keeps the original)",
+        )
+    if mask.shape[0] not in (1, batch.num_frames):
+        raise BadInputError(f"{mask.shape[0]} external masks for {batch.num_frames} frames", where="blend_swap")
+    mask = mask.to(device=batch.crops.device, dtype=torch.float32).clamp(0, 1)
+    index = batch.image_index if mask.shape[0] > 1 else torch.zeros_like(batch.image_index)
+    size = batch.crop_size
+    return warp_affine(mask, batch.matrices, (size, size), image_index=index)
+
+
+def blend_swap(
+    frames: Tensor,
+    batch: SwapBatch,
+    swapped: SwapOutput | Tensor,
+    *,
+    mask: MaskKind = "ellipse",
+    erosion: float = 0.05,
+    feather: float = 0.1,
+    external_mask: Tensor | None = None,
+    generator_mask: bool = True,
+    colour: ColourMethod = "none",
+    poisson: bool = False,
+    keep_faces: Tensor | Sequence[bool] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Paste the swapped crops back into (copies of) the frames: returns ``(frames, masks (N, H, W))``.
+
+    The face mask (``mask`` kind with ``erosion`` and ``feather``, in crop space) is combined
+    by minimum with the generator's own soft mask (when it has one and ``generator_mask``)
+    and with ``external_mask`` (frame space, ``(N, H, W)``, e.g. an occlusion mask; it is
+    warped into each crop). ``colour`` matches the swapped face's colours to the target
+    crop. ``keep_faces`` ``(F,)`` leaves out faces marked False (their frame pixels stay
+    exactly as they were). Outside the final mask, output pixels equal the input's bit for
+    bit. Runs on the batch's device; returns the frames' dtype and device.
+    """
+    check_images(frames, where="frames to blend")
+    if frames.shape[0] != batch.num_frames or tuple(frames.shape[2:]) != batch.frame_size:
+        raise BadInputError(
+            f"the frames {tuple(frames.shape)} are not the {batch.num_frames} frames of "
+            f"{batch.frame_size[1]}x{batch.frame_size[0]} the faces were aligned in",
+            where="blend_swap",
+            fix="blend into the same frames the swap was prepared on",
+        )
+    _check_literal(mask, MASK_KINDS, "mask kind")
+    _check_literal(colour, COLOUR_METHODS, "colour method")
+    crops = swapped.images if isinstance(swapped, SwapOutput) else swapped
+    own_mask = swapped.mask if isinstance(swapped, SwapOutput) and generator_mask else None
+    if crops.shape != batch.crops.shape:
+        raise BadInputError(
+            f"swapped crops {tuple(crops.shape)} do not match the batch's {tuple(batch.crops.shape)}",
+            where="blend_swap",
+        )
+    device = batch.crops.device
+    count, size = batch.num_faces, batch.crop_size
+    work = frames.to(device=device, dtype=torch.float32)
+    landmarks = None
+    if mask == "hull" and count:
+        dense = [face.landmarks for face in batch.faces]
+        shapes = {None if points is None else tuple(points.shape) for points in dense}
+        if None in shapes or len(shapes) != 1:
+            raise BadInputError(
+                "the hull mask needs 68- or 106-point landmarks for every face",
+                where="blend_swap",
+                fix="use an analyzer with a landmark model (the buffalo_l pack), or the ellipse or box mask",
+            )
+        points = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float64) for p in dense if p is not None]))
+        landmarks = transform_points(points, batch.matrices.detach().to("cpu", torch.float64))
+    external = _external_crop_masks(external_mask, batch) if external_mask is not None and count else None
+    face_masks = create_face_mask(
+        mask, size, count, landmarks=landmarks, erosion=erosion, feather=feather, external=external, device=device
+    )
+    if own_mask is not None and count:
+        face_masks = torch.minimum(face_masks, own_mask.to(device=device, dtype=face_masks.dtype).clamp(0, 1))
+    if keep_faces is not None and count:
+        keep = torch.as_tensor(keep_faces, dtype=torch.bool, device=device).reshape(-1)
+        if keep.numel() != count:
+            raise BadInputError(f"keep_faces has {keep.numel()} values for {count} faces", where="blend_swap")
+        face_masks = face_masks * keep.to(face_masks.dtype)[:, None, None, None]
+    pasted = crops.to(device=device, dtype=torch.float32)
+    if colour != "none" and count:
+        pasted = match_colour(pasted, batch.crops, face_masks, colour)
+    blend = poisson_blend if poisson else paste_back
+    output, masks = blend(work, pasted, face_masks, batch.matrices, batch.image_index)
+    if frames.dtype != torch.float32:
+        # Cast back only what changed, so unchanged pixels keep their exact input values.
+        changed = masks > 0
+        exact = frames.to(device)
+        output = torch.where(changed.unsqueeze(1), output.to(frames.dtype), exact)
+    return output.to(device=frames.device, dtype=frames.dtype), masks.to(device=frames.device, dtype=frames.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Everything over a batch
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _ChunkResult:
+    images: Tensor
+    masks: Tensor
+    reports: tuple[PoseReport, ...]
+    targets: FloatArray | None
+    results: FloatArray | None
+
+
+def _swap_aligned(
+    frames: Tensor,
+    faces_per_frame: list[list[Face]],
+    identities: Identity | Sequence[Identity],
+    analyzer: Analyzer,
+    generator: SwapModel,
+    options: SwapOptions,
+    external_mask: Tensor | None,
+) -> _ChunkResult:
+    """Alignment to paste-back for frames whose faces are chosen (and smoothed) already."""
+    batch = align_target_faces(frames, faces_per_frame, generator, weave=options.weave, no_face="pass")
+    swapped = forward_swap(batch, generator, identities, options.strength)
+    keep = None
+    reports: tuple[PoseReport, ...] = ()
+    targets = results = None
+    if options.pose_check:
+        pose = check_swap_pose(batch, swapped, analyzer, thresholds=options.pose_thresholds, policy=options.pose_policy)
+        swapped = SwapOutput(images=pose.crops, mask=swapped.mask)
+        keep, reports = pose.keep_faces, pose.reports
+        targets, results = pose.target_landmarks, pose.result_landmarks
+    images, masks = blend_swap(
+        frames,
+        batch,
+        swapped,
+        mask=options.mask,
+        erosion=options.erosion,
+        feather=options.feather,
+        external_mask=external_mask,
+        generator_mask=options.generator_mask,
+        colour=options.colour,
+        poisson=options.poisson,
+        keep_faces=keep,
+    )
+    return _ChunkResult(images, masks, reports, targets, results)
+
+
+def _with_frame(report: PoseReport, frame: int) -> PoseReport:
+    return dataclasses.replace(report, image_index=frame)
+
+
+def swap_faces(
+    images: Tensor,
+    identities: Identity | Sequence[Identity],
+    analyzer: Analyzer,
+    generator: SwapModel,
+    options: SwapOptions | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    tracker: FaceTracker | None = None,
+    external_mask: Tensor | None = None,
+    frame_offset: int = 0,
+    total_frames: int | None = None,
+) -> SwapResult:
+    """Swap the chosen faces of every frame of ``images`` ``(N, 3, H, W)``; returns a :class:`SwapResult`.
+
+    Works through the frames in chunks of ``options.chunk_size``: choose faces (CPU
+    detection), smooth them (``options.smoothing`` or an explicit ``tracker``, which carries
+    the smoothing across calls for a video given in pieces), then align, swap, check the
+    pose (``options.pose_check``) and paste back on the generator's device. On a CUDA
+    out-of-memory error the chunk is halved and retried. ``progress(done, total)`` is called
+    after each chunk; an exception it raises (e.g. :class:`CancelledError`) propagates and
+    nothing is returned. ``external_mask`` ``(N, H, W)`` limits where faces may change.
+    ``frame_offset`` is added to the frame numbers in the result and in messages.
+    """
+    options = options or SwapOptions()
+    frames_in = check_images(images, where="target images")
+    if isinstance(identities, Identity):
+        check_identity(identities, generator)
+    else:
+        if not list(identities):
+            raise BadInputError("no identity was given", where="swap_faces", fix="pass at least one identity")
+        for number, identity in enumerate(identities):
+            check_identity(identity, generator, where=f"identity {number}")
+    if analyzer.embedding_model != generator.embedding_model:
+        raise IncompatibleIdentityError(
+            f"the face analyzer's recogniser makes '{analyzer.embedding_model}' embeddings but the generator "
+            f"{generator.name} takes '{generator.embedding_model}' ones (the target faces' own identities)",
+            where="swap_faces",
+            fix=f"use an analyzer with the '{generator.embedding_model}' recogniser",
+        )
+    _strength_rows(options.strength, int(generator.num_blocks))  # fail before any work
+    if external_mask is not None and external_mask.shape[0] not in (1, frames_in.shape[0]):
+        raise BadInputError(
+            f"{external_mask.shape[0]} external masks for {frames_in.shape[0]} frames", where="swap_faces"
+        )
+    if tracker is None and options.smoothing is not None:
+        tracker = FaceTracker(options.smoothing)
+    total = int(frames_in.shape[0])
+    whole = total_frames if total_frames is not None else (total if frame_offset == 0 else None)
+    output = torch.empty_like(frames_in)
+    masks = frames_in.new_zeros((total, frames_in.shape[2], frames_in.shape[3]))
+    without: list[int] = []
+    counts: list[int] = []
+    faces_out: list[Face] = []
+    reports: list[PoseReport] = []
+    targets: list[FloatArray] = []
+    results: list[FloatArray] = []
+    chunk = options.chunk_size
+    start = 0
+    while start < total:
+        stop = min(start + chunk, total)
+        frames = frames_in[start:stop]
+        chosen = select_target_faces(
+            frames,
+            analyzer,
+            order=options.face_order,
+            index=options.face_index,
+            reference=options.reference,
+            min_similarity=options.min_similarity,
+            dense_landmarks=options.mask == "hull",
+        )
+        missing = [frame for frame, faces in enumerate(chosen) if not faces]
+        if missing and options.no_face == "error":
+            raise _no_face_error(missing, frame_offset + start, whole)
+        if tracker is not None:
+            chosen = tracker.smooth(chosen)
+        # Alignment to paste-back: on out-of-memory, halve the frames per call for this and later chunks.
+        part_start = 0
+        while part_start < stop - start:
+            part_stop = min(part_start + chunk, stop - start)
+            mask_part = None
+            if external_mask is not None:
+                mask_part = (
+                    external_mask
+                    if external_mask.shape[0] == 1
+                    else external_mask[start + part_start : start + part_stop]
+                )
+            try:
+                piece = _swap_aligned(
+                    frames[part_start:part_stop],
+                    chosen[part_start:part_stop],
+                    identities,
+                    analyzer,
+                    generator,
+                    options,
+                    mask_part,
+                )
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                if not _is_out_of_memory(error) or part_stop - part_start == 1:
+                    raise
+                chunk = max(1, (part_stop - part_start) // 2)
+                if generator.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                logger.warning("out of memory on %s; retrying with %d frames per chunk", generator.device, chunk)
+                continue
+            output[start + part_start : start + part_stop] = piece.images
+            masks[start + part_start : start + part_stop] = piece.masks
+            for report in piece.reports:
+                reports.append(_with_frame(report, frame_offset + start + part_start + report.image_index))
+            if piece.targets is not None and piece.results is not None:
+                targets.append(piece.targets)
+                results.append(piece.results)
+            part_start = part_stop
+        for frame, faces in enumerate(chosen):
+            absolute = frame_offset + start + frame
+            counts.append(len(faces))
+            if not faces:
+                without.append(absolute)
+            faces_out.extend(dataclasses.replace(face, image_index=absolute) for face in faces)
+        start = stop
+        if progress is not None:
+            progress(start, total)
+    if without:
+        logger.info("%d frame(s) without the face asked for were passed through unchanged", len(without))
+    pose_landmarks = (np.concatenate(targets), np.concatenate(results)) if options.pose_check and targets else None
+    return SwapResult(
+        images=output,
+        masks=masks,
+        frames_without_face=tuple(without),
+        face_counts=tuple(counts),
+        pose_reports=tuple(reports),
+        faces=tuple(faces_out),
+        pose_landmarks=pose_landmarks,
+        frame_offset=frame_offset,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Videos, streamed
+
+
+@dataclass(frozen=True)
+class VideoSwapSummary:
+    """What :func:`swap_video` did."""
+
+    output: Path
+    frames: int  # frames written
+    fps: float  # frame rate of the output (the input's)
+    frames_without_face: tuple[int, ...]
+    face_counts: tuple[int, ...]
+    pose_reports: tuple[PoseReport, ...]
+    seconds: float  # wall time of the whole run
+
+
+def swap_video(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    identities: Identity | Sequence[Identity],
+    analyzer: Analyzer,
+    generator: SwapModel,
+    options: SwapOptions | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    max_frames: int | None = None,
+    on_result: Callable[[SwapResult], None] | None = None,
+) -> VideoSwapSummary:
+    """Swap faces in a video or GIF file chunk by chunk and write ``output`` (``.mp4`` or ``.gif``) atomically.
+
+    Frames are read, swapped (:func:`swap_faces`, landmark smoothing carried across chunks)
+    and written one chunk at a time, so memory stays bounded; the frame rate is kept.
+    ``progress(done, total)`` is called after each chunk; if it raises (e.g.
+    :class:`CancelledError`), or anything else fails, no output file is left behind.
+    ``on_result`` receives each chunk's :class:`SwapResult` (e.g. to save pose overlays).
+    """
+    from .video import iter_frames, read_video_info, write_video
+
+    options = options or SwapOptions()
+    info = read_video_info(source)
+    total = min(info.frame_count, max_frames) if max_frames is not None and info.frame_count else info.frame_count
+    tracker = FaceTracker(options.smoothing) if options.smoothing is not None else None
+    without: list[int] = []
+    counts: list[int] = []
+    reports: list[PoseReport] = []
+    started = time.perf_counter()
+
+    def swapped_chunks() -> Iterator[Tensor]:
+        done = 0
+        for chunk in iter_frames(source, options.chunk_size, max_frames=max_frames):
+            result = swap_faces(
+                chunk,
+                identities,
+                analyzer,
+                generator,
+                options,
+                tracker=tracker,
+                frame_offset=done,
+                total_frames=total or None,
+            )
+            done += int(chunk.shape[0])
+            without.extend(result.frames_without_face)
+            counts.extend(result.face_counts)
+            reports.extend(result.pose_reports)
+            if on_result is not None:
+                on_result(result)
+            yield result.images
+            if progress is not None:
+                progress(done, max(total, done))
+
+    try:
+        written = write_video(output, swapped_chunks(), info.fps)
+    except CancelledError:
+        logger.info("swap of %s cancelled; nothing was written", source)
+        raise
+    return VideoSwapSummary(
+        output=Path(output),
+        frames=written,
+        fps=info.fps,
+        frames_without_face=tuple(without),
+        face_counts=tuple(counts),
+        pose_reports=tuple(reports),
+        seconds=time.perf_counter() - started,
+    )
