@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,17 +13,23 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from comfy_stub.harness import REPO, installed_pack, node_classes
-from tiny_models import bright_cell_image, write_pack
+from comfy_stub.harness import REPO
+from comfy_stub.samples import comfy_image, random_identity
 
 from facemagic_core.analysis import FaceAnalyzer
 from facemagic_core.errors import BadInputError, CancelledError, IncompatibleIdentityError, NoFaceError
-from facemagic_core.generators import FaceMagicGenerator, GeneratorConfig
 from facemagic_core.identity import cosine_similarity, load_identity
 from facemagic_core.types import Identity
 
+#: Fixtures (models_dir, pack, nodes, analyzer, generator, person_a/b, identity_a/b) for the stand-in.
+pytest_plugins = ["comfy_stub.fixtures"]
+
 #: Every node the pack must register (the swap nodes join once facemagic_core.pipeline exists).
 CORE_NODE_IDS = {
+    "FaceMagicSwap",
+    "FaceMagicPoseCheck",
+    "FaceMagicBlend",
+    "FaceMagicSwapFaces",
     "FaceMagicAnalyzerLoader",
     "FaceMagicGeneratorLoader",
     "FaceMagicExtractIdentity",
@@ -34,75 +39,6 @@ CORE_NODE_IDS = {
     "FaceMagicLoadIdentity",
     "FaceMagicFaceSimilarity",
 }
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ComfyUI's models folder with a tiny buffalo_l pack and a tiny native generator in models/facemagic."""
-    models = tmp_path_factory.mktemp("comfy_models")
-    facemagic = models / "facemagic"
-    write_pack(facemagic / "buffalo_l")
-    torch.manual_seed(0)
-    config = GeneratorConfig(
-        image_size=64, channels=4, max_channels=16, num_downsamples=2, blocks_per_scale=(2, 2, 2), style_hidden=8
-    )
-    FaceMagicGenerator(config).save_pretrained(facemagic / "tiny_native")
-    return models
-
-
-@pytest.fixture(scope="module")
-def pack(models_dir: Path) -> Iterator[ModuleType]:
-    with installed_pack(models_dir) as loaded:
-        yield loaded
-
-
-@pytest.fixture(scope="module")
-def nodes(pack: ModuleType) -> dict[str, Any]:
-    return node_classes(pack)
-
-
-@pytest.fixture(scope="module")
-def analyzer(nodes: dict[str, Any]) -> FaceAnalyzer:
-    output = nodes["FaceMagicAnalyzerLoader"].run(model="buffalo_l", device="cpu", det_size=320, det_threshold=0.5)
-    return output[0]
-
-
-def comfy_image(cells: list[tuple[int, int, int]], size: int = 320) -> torch.Tensor:
-    """A ComfyUI IMAGE [1, H, W, 3] with bright squares the tiny detector reads as faces."""
-    return torch.from_numpy(bright_cell_image(cells, size)).float().div(255).unsqueeze(0)
-
-
-@pytest.fixture(scope="module")
-def person_a() -> torch.Tensor:
-    return comfy_image([(5, 5, 255)])
-
-
-@pytest.fixture(scope="module")
-def person_b() -> torch.Tensor:
-    return comfy_image([(4, 6, 210)])
-
-
-@pytest.fixture(scope="module")
-def identity_a(nodes: dict[str, Any], analyzer: FaceAnalyzer, person_a: torch.Tensor) -> Identity:
-    return nodes["FaceMagicExtractIdentity"].run(
-        analyzer=analyzer, images=person_a, face_order="largest", face_index=0
-    )[0]
-
-
-@pytest.fixture(scope="module")
-def identity_b(nodes: dict[str, Any], analyzer: FaceAnalyzer, person_b: torch.Tensor) -> Identity:
-    return nodes["FaceMagicExtractIdentity"].run(
-        analyzer=analyzer, images=person_b, face_order="largest", face_index=0
-    )[0]
-
-
-def random_identity(seed: int, rows: int = 1, model: str = "arcface_w600k_r50") -> Identity:
-    rng = np.random.default_rng(seed)
-    return Identity(embeddings=rng.normal(size=(rows, 512)).astype(np.float32), embedding_model=model)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,651 @@
+"""Swap nodes: swap, pose check, blend, and the all-in-one swap.
+
+The modular path passes a :class:`SwapData` through ``FACEMAGIC_SWAP`` sockets. The Swap node
+works through the frames in chunks (``facemagic_core.pipeline.DEFAULT_CHUNK_SIZE`` frames):
+each chunk is detected, aligned and swapped on the generator's device, then its crops are
+parked on the CPU. The pose check and the blend go through the same chunks, moving one chunk
+at a time to the device, so a long batch of video frames never sits on the accelerator as a
+whole. Nothing is modified in place: every node returns new tensors and a new SwapData.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from facemagic_core.analysis import FaceAnalyzer
+from facemagic_core.blend import COLOUR_METHODS, MASK_KINDS
+from facemagic_core.errors import BadInputError
+from facemagic_core.generators.base import SwapOutput
+from facemagic_core.pipeline import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_WEAVE,
+    NO_FACE_POLICIES,
+    FaceTracker,
+    PoseCheck,
+    SmoothingConfig,
+    SwapBatch,
+    SwapOptions,
+    blend_swap,
+    check_swap_pose,
+    forward_swap,
+    prepare_swap,
+    swap_faces,
+)
+from facemagic_core.pose import FAILURE_POLICIES, PoseReport, PoseThresholds, draw_pose_overlay, format_pose_report
+from facemagic_core.types import Identity
+
+from ._comfy import io
+from .common import (
+    CATEGORY,
+    analyzer_input,
+    face_order_input,
+    generator_input,
+    identity_input,
+    node_id_of,
+)
+from .memory import GeneratorHandle
+from .progress import comfy_errors, comfy_progress
+from .sockets import Swap
+from .tensors import images_to_comfy, images_to_core, masks_to_comfy, masks_to_core
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What travels through FACEMAGIC_SWAP
+
+
+@dataclass(frozen=True, eq=False)
+class SwapChunk:
+    """The swap of frames ``start .. start + batch.num_frames - 1``; tensors on the CPU."""
+
+    start: int
+    batch: SwapBatch  # aligned target crops, frame -> crop matrices, faces (frame numbers within the chunk)
+    swapped: SwapOutput  # the generator's crops (and soft mask)
+    pose: PoseCheck | None = None  # set by the pose check
+
+
+@dataclass(frozen=True, eq=False)
+class SwapData:
+    """What travels through a ``FACEMAGIC_SWAP`` socket."""
+
+    frames: torch.Tensor  # (N, 3, H, W) float32 target frames on the CPU, never modified
+    chunks: tuple[SwapChunk, ...]
+    analyzer: FaceAnalyzer  # the analyzer that found the faces (the pose check measures with it too)
+    device: torch.device  # where the generator ran; later stages run there
+    generator_name: str
+
+    @property
+    def num_faces(self) -> int:
+        return sum(chunk.batch.num_faces for chunk in self.chunks)
+
+    @property
+    def frames_without_face(self) -> tuple[int, ...]:
+        return tuple(chunk.start + frame for chunk in self.chunks for frame in chunk.batch.frames_without_face)
+
+    def pose_reports(self) -> list[PoseReport]:
+        """Every pose report, with frame numbers of the whole batch (empty before the pose check)."""
+        return [
+            dataclasses.replace(report, image_index=chunk.start + report.image_index)
+            for chunk in self.chunks
+            if chunk.pose is not None
+            for report in chunk.pose.reports
+        ]
+
+
+def _to_cpu_batch(batch: SwapBatch) -> SwapBatch:
+    return dataclasses.replace(
+        batch, crops=batch.crops.cpu(), matrices=batch.matrices.cpu(), image_index=batch.image_index.cpu()
+    )
+
+
+def _to_device_batch(batch: SwapBatch, device: torch.device) -> SwapBatch:
+    return dataclasses.replace(
+        batch,
+        crops=batch.crops.to(device),
+        matrices=batch.matrices.to(device),
+        image_index=batch.image_index.to(device),
+    )
+
+
+def _on(output: SwapOutput, device: torch.device) -> SwapOutput:
+    return SwapOutput(images=output.images.to(device), mask=output.mask.to(device) if output.mask is not None else None)
+
+
+def swapped_crops_image(data: SwapData) -> torch.Tensor:
+    """All swapped crops as a ComfyUI IMAGE (one black crop when no face was swapped)."""
+    crops = [chunk.swapped.images for chunk in data.chunks if chunk.batch.num_faces]
+    if not crops:
+        size = data.chunks[0].batch.crop_size if data.chunks else 64
+        return torch.zeros((1, size, size, 3))
+    return images_to_comfy(torch.cat(crops))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inputs shared by the swap nodes
+
+
+def _strength_input() -> io.Input:
+    return io.Float.Input(
+        "strength",
+        default=1.0,
+        min=0.0,
+        max=1.0,
+        step=0.01,
+        tooltip="How much of the identity is injected: 1 is the full swap, 0 leaves the face as it is.",
+    )
+
+
+def _face_index_input() -> io.Input:
+    return io.Int.Input(
+        "face_index",
+        default=0,
+        min=-1,
+        max=63,
+        display_name="face index",
+        tooltip="Which face of each frame to swap, counted from 0 in the face order; -1 swaps every face.",
+    )
+
+
+def _reference_input() -> io.Input:
+    return identity_input(
+        "reference",
+        "Optional: swap the face that looks most like this identity (then face index counts from the most "
+        "similar face, and face order is not used).",
+        optional=True,
+    )
+
+
+def _no_face_input() -> io.Input:
+    return io.Combo.Input(
+        "no_face",
+        options=list(NO_FACE_POLICIES),
+        default="error",
+        display_name="no face",
+        tooltip="A frame without the face asked for: error stops the run and names the frame; pass returns the "
+        "frame unchanged (useful for videos).",
+    )
+
+
+def _smoothing_input() -> io.Input:
+    return io.Float.Input(
+        "smoothing",
+        default=0.0,
+        min=0.0,
+        max=10.0,
+        step=0.1,
+        tooltip="Video frames: smooths the face landmarks over time so the swapped face does not jitter. "
+        "0 is off, 1 the default strength, higher is smoother (with more lag on fast moves).",
+    )
+
+
+def _face_selection(face_order: str, face_index: int, reference: Identity | None) -> dict[str, Any]:
+    return {
+        "order": face_order,
+        "index": None if face_index < 0 else int(face_index),
+        "reference": reference.mean_embedding() if reference is not None else None,
+    }
+
+
+def _mask_inputs() -> list[io.Input]:
+    return [
+        io.Combo.Input(
+            "mask",
+            options=list(MASK_KINDS),
+            default="ellipse",
+            display_name="mask shape",
+            tooltip="Where the swapped face is pasted: ellipse (the usual choice), box, or hull (the outline of "
+            "the 68/106-point landmarks; needs the buffalo_l or antelopev2 analyzer).",
+        ),
+        io.Float.Input(
+            "erosion",
+            default=0.05,
+            min=0.0,
+            max=0.5,
+            step=0.01,
+            tooltip="Shrinks the mask, as a fraction of the face size, to keep hair and face edges of the target.",
+        ),
+        io.Float.Input(
+            "feather",
+            default=0.1,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Softness of the mask edge, as a fraction of the face size.",
+        ),
+        io.Combo.Input(
+            "colour",
+            options=list(COLOUR_METHODS),
+            default="none",
+            display_name="colour match",
+            tooltip="Match the swapped face's colours to the target: mean_std per RGB channel, lab in Lab colour "
+            "space (best for different lighting), none to keep the generator's colours.",
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Swap
+
+
+class FaceMagicSwap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FaceMagicSwap",
+            display_name="FaceMagic Swap",
+            category=CATEGORY,
+            description="Finds the target faces, aligns them and runs the generator with the identity. Gives the "
+            "swapped faces for 'FaceMagic Pose Check' and 'FaceMagic Blend' (which pastes them back), and the "
+            "swapped crops to look at.",
+            inputs=[
+                io.Image.Input("images", display_name="target images", tooltip="Pictures or video frames to swap."),
+                identity_input(tooltip="The person to put into the pictures."),
+                generator_input(),
+                analyzer_input("Face analyzer that finds the target faces (it must use the generator's recogniser)."),
+                _strength_input(),
+                face_order_input(),
+                _face_index_input(),
+                io.Int.Input(
+                    "weave",
+                    default=1,
+                    min=1,
+                    max=MAX_WEAVE,
+                    tooltip="Crop at this many times the model's size and swap it as interleaved sub-images: sharper "
+                    "faces from a 128 px model (2 gives 256 px) at weave x weave the cost.",
+                ),
+                _smoothing_input(),
+                _no_face_input(),
+                _reference_input(),
+            ],
+            outputs=[
+                Swap.Output("swap", display_name="swap", tooltip="The swapped faces, for Pose Check or Blend."),
+                io.Image.Output(
+                    "crops", display_name="swapped crops", tooltip="The swapped faces as aligned square crops."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        images: torch.Tensor,
+        identity: Identity,
+        generator: GeneratorHandle,
+        analyzer: FaceAnalyzer,
+        strength: float,
+        face_order: str,
+        face_index: int,
+        weave: int,
+        smoothing: float,
+        no_face: str,
+        reference: Identity | None = None,
+    ) -> io.NodeOutput:
+        frames = images_to_core(images, where="target images").cpu()
+        total = int(frames.shape[0])
+        selection = _face_selection(face_order, face_index, reference)
+        tracker = FaceTracker(SmoothingConfig.with_strength(smoothing)) if smoothing > 0 else None
+        progress = comfy_progress(total, node_id=node_id_of(cls), what="swap")
+        chunks: list[SwapChunk] = []
+        with comfy_errors():
+            model = generator.ready()
+            for start in range(0, total, DEFAULT_CHUNK_SIZE):
+                part = frames[start : start + DEFAULT_CHUNK_SIZE]
+                batch = prepare_swap(
+                    part,
+                    analyzer,
+                    model,
+                    **selection,
+                    tracker=tracker,
+                    weave=int(weave),
+                    no_face=no_face,  # type: ignore[arg-type]
+                    frame_offset=start,
+                    total_frames=total,
+                )
+                swapped = forward_swap(batch, model, identity, float(strength))
+                chunks.append(
+                    SwapChunk(start=start, batch=_to_cpu_batch(batch), swapped=_on(swapped, torch.device("cpu")))
+                )
+                progress(min(start + DEFAULT_CHUNK_SIZE, total), total)
+        data = SwapData(
+            frames=frames, chunks=tuple(chunks), analyzer=analyzer, device=model.device, generator_name=generator.name
+        )
+        logger.info(
+            "FaceMagic swap: %d face(s) in %d frame(s) with %s; %d frame(s) without the face asked for",
+            data.num_faces,
+            total,
+            generator.name,
+            len(data.frames_without_face),
+        )
+        return io.NodeOutput(data, swapped_crops_image(data))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pose check
+
+
+def pose_report_text(data: SwapData) -> str:
+    reports = data.pose_reports()
+    if not reports:
+        return "no face was swapped, nothing to check"
+    return format_pose_report(reports)
+
+
+class FaceMagicPoseCheck(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        defaults = PoseThresholds()
+        return io.Schema(
+            node_id="FaceMagicPoseCheck",
+            display_name="FaceMagic Pose Check",
+            category=CATEGORY,
+            description="Compares head pose and landmarks of every swapped face with its target face. Faces that "
+            "turned or changed expression beyond the limits fail; the policy decides what Blend pastes for them. "
+            "The report is shown on the node.",
+            inputs=[
+                Swap.Input("swap", tooltip="Swapped faces from 'FaceMagic Swap'."),
+                io.Float.Input(
+                    "max_yaw_diff",
+                    default=defaults.max_yaw_diff,
+                    min=0.0,
+                    max=90.0,
+                    step=0.5,
+                    display_name="max yaw difference",
+                    tooltip="Largest left-right head turn difference (degrees) a face may have and pass.",
+                ),
+                io.Float.Input(
+                    "max_pitch_diff",
+                    default=defaults.max_pitch_diff,
+                    min=0.0,
+                    max=90.0,
+                    step=0.5,
+                    display_name="max pitch difference",
+                    tooltip="Largest up-down head tilt difference (degrees) a face may have and pass.",
+                ),
+                io.Float.Input(
+                    "max_roll_diff",
+                    default=defaults.max_roll_diff,
+                    min=0.0,
+                    max=90.0,
+                    step=0.5,
+                    display_name="max roll difference",
+                    tooltip="Largest sideways head tilt difference (degrees) a face may have and pass.",
+                ),
+                io.Float.Input(
+                    "max_nme",
+                    default=defaults.max_nme,
+                    min=0.0,
+                    max=1.0,
+                    step=0.005,
+                    display_name="max landmark distance",
+                    tooltip="Largest mean landmark distance between target and result, as a fraction of the face "
+                    "size (0.05: an expression change a viewer sees).",
+                ),
+                io.Combo.Input(
+                    "policy",
+                    options=list(FAILURE_POLICIES),
+                    default="keep",
+                    tooltip="A face that fails: keep the swap anyway (and only report it), or original to leave "
+                    "the target face unchanged.",
+                ),
+            ],
+            outputs=[
+                Swap.Output("checked_swap", display_name="swap", tooltip="The swap with the check's verdicts."),
+                io.String.Output("report", display_name="report", tooltip="One line per face: poses, differences."),
+                io.Image.Output(
+                    "debug",
+                    display_name="debug image",
+                    tooltip="The target frames with target landmarks in green and result landmarks in red.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        swap: SwapData,
+        max_yaw_diff: float,
+        max_pitch_diff: float,
+        max_roll_diff: float,
+        max_nme: float,
+        policy: str,
+    ) -> io.NodeOutput:
+        thresholds = dataclasses.replace(
+            PoseThresholds(),
+            max_yaw_diff=float(max_yaw_diff),
+            max_pitch_diff=float(max_pitch_diff),
+            max_roll_diff=float(max_roll_diff),
+            max_nme=float(max_nme),
+        )
+        progress = comfy_progress(len(swap.chunks), node_id=node_id_of(cls), what="pose check")
+        checked: list[SwapChunk] = []
+        overlays: list[torch.Tensor] = []
+        with comfy_errors():
+            for number, chunk in enumerate(swap.chunks):
+                pose = check_swap_pose(
+                    chunk.batch,
+                    chunk.swapped,
+                    swap.analyzer,
+                    thresholds=thresholds,
+                    policy=policy,  # type: ignore[arg-type]
+                )
+                checked.append(dataclasses.replace(chunk, pose=pose))
+                frames = swap.frames[chunk.start : chunk.start + chunk.batch.num_frames]
+                if chunk.batch.num_faces:
+                    frames = draw_pose_overlay(frames, pose.target_landmarks, pose.result_landmarks, list(pose.reports))
+                overlays.append(frames)
+                progress(number + 1, len(swap.chunks))
+        data = dataclasses.replace(swap, chunks=tuple(checked))
+        report = pose_report_text(data)
+        failed = sum(not report.passed for report in data.pose_reports())
+        logger.info("FaceMagic pose check: %d of %d face(s) failed", failed, data.num_faces)
+        debug = images_to_comfy(torch.cat(overlays)) if overlays else torch.zeros((1, 64, 64, 3))
+        ui = {"facemagic_text": [report], "facemagic_pose": [{"faces": data.num_faces, "failed": failed}]}
+        return io.NodeOutput(data, report, debug, ui=ui)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Blend
+
+
+class FaceMagicBlend(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FaceMagicBlend",
+            display_name="FaceMagic Blend",
+            category=CATEGORY,
+            description="Pastes the swapped faces back into the target frames through a soft face mask, optionally "
+            "matching colours. Pixels outside the mask stay exactly as they were.",
+            inputs=[
+                Swap.Input("swap", tooltip="Swapped faces from 'FaceMagic Swap' or 'FaceMagic Pose Check'."),
+                *_mask_inputs(),
+                io.Boolean.Input(
+                    "generator_mask",
+                    default=True,
+                    display_name="use generator mask",
+                    tooltip="Also use the generator's own soft face mask, when it predicts one (native FaceMagic "
+                    "generators do; ONNX swappers do not).",
+                ),
+                io.Boolean.Input(
+                    "poisson",
+                    default=False,
+                    tooltip="Seamless (Poisson) blending with OpenCV on the CPU instead of the mask blend: hides "
+                    "colour seams, slower.",
+                ),
+                io.Mask.Input(
+                    "mask_input",
+                    optional=True,
+                    display_name="limit mask",
+                    tooltip="Optional MASK (one per frame, or one for all): the face only changes where it is 1, "
+                    "e.g. an occlusion mask that keeps hands or glasses in front of the face.",
+                ),
+            ],
+            outputs=[
+                io.Image.Output("images", display_name="images", tooltip="The frames with the swapped faces."),
+                io.Mask.Output("face_mask", display_name="mask", tooltip="Where each frame was changed, 0 to 1."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        swap: SwapData,
+        mask: str,
+        erosion: float,
+        feather: float,
+        colour: str,
+        generator_mask: bool,
+        poisson: bool,
+        mask_input: torch.Tensor | None = None,
+    ) -> io.NodeOutput:
+        limit = masks_to_core(mask_input, where="limit mask") if mask_input is not None else None
+        if limit is not None and limit.shape[0] not in (1, swap.frames.shape[0]):
+            raise BadInputError(
+                f"{limit.shape[0]} masks for {swap.frames.shape[0]} frames",
+                where="limit mask",
+                fix="connect one mask per frame, or one mask for all frames",
+            )
+        progress = comfy_progress(len(swap.chunks), node_id=node_id_of(cls), what="blend")
+        images: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        with comfy_errors():
+            for number, chunk in enumerate(swap.chunks):
+                stop = chunk.start + chunk.batch.num_frames
+                frames = swap.frames[chunk.start : stop].to(swap.device)
+                external = None
+                if limit is not None:
+                    external = limit if limit.shape[0] == 1 else limit[chunk.start : stop]
+                crops = chunk.pose.crops if chunk.pose is not None else chunk.swapped.images
+                blended, changed = blend_swap(
+                    frames,
+                    _to_device_batch(chunk.batch, swap.device),
+                    SwapOutput(images=crops.to(swap.device), mask=_on(chunk.swapped, swap.device).mask),
+                    mask=mask,  # type: ignore[arg-type]
+                    erosion=float(erosion),
+                    feather=float(feather),
+                    external_mask=external,
+                    generator_mask=bool(generator_mask),
+                    colour=colour,  # type: ignore[arg-type]
+                    poisson=bool(poisson),
+                    keep_faces=chunk.pose.keep_faces.to(swap.device) if chunk.pose is not None else None,
+                )
+                images.append(images_to_comfy(blended))
+                masks.append(masks_to_comfy(changed))
+                progress(number + 1, len(swap.chunks))
+        return io.NodeOutput(torch.cat(images), torch.cat(masks))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# All in one
+
+
+class FaceMagicSwapFaces(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FaceMagicSwapFaces",
+            display_name="FaceMagic Swap Faces (all in one)",
+            category=CATEGORY,
+            description="The whole swap in one node: find the faces, swap them, optionally check the pose, and "
+            "paste them back. Works through long frame batches in chunks, so memory stays bounded.",
+            inputs=[
+                io.Image.Input("images", display_name="target images", tooltip="Pictures or video frames to swap."),
+                identity_input(tooltip="The person to put into the pictures."),
+                generator_input(),
+                analyzer_input("Face analyzer that finds the target faces (it must use the generator's recogniser)."),
+                _strength_input(),
+                face_order_input(),
+                _face_index_input(),
+                *_mask_inputs(),
+                io.Boolean.Input(
+                    "pose_check",
+                    default=False,
+                    display_name="pose check",
+                    tooltip="Compare head pose and landmarks of every swapped face with its target (default "
+                    "limits); the report output lists every face.",
+                ),
+                io.Combo.Input(
+                    "pose_policy",
+                    options=list(FAILURE_POLICIES),
+                    default="keep",
+                    display_name="pose policy",
+                    tooltip="With the pose check: a face that fails keeps the swap (keep) or the original face "
+                    "(original).",
+                ),
+                _smoothing_input(),
+                _no_face_input(),
+                _reference_input(),
+            ],
+            outputs=[
+                io.Image.Output("swapped_images", display_name="images", tooltip="The frames with swapped faces."),
+                io.Mask.Output("face_mask", display_name="mask", tooltip="Where each frame was changed, 0 to 1."),
+                io.String.Output(
+                    "report",
+                    display_name="report",
+                    tooltip="What was done: faces per frame, frames without a face, and the pose check.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        images: torch.Tensor,
+        identity: Identity,
+        generator: GeneratorHandle,
+        analyzer: FaceAnalyzer,
+        strength: float,
+        face_order: str,
+        face_index: int,
+        mask: str,
+        erosion: float,
+        feather: float,
+        colour: str,
+        pose_check: bool,
+        pose_policy: str,
+        smoothing: float,
+        no_face: str,
+        reference: Identity | None = None,
+    ) -> io.NodeOutput:
+        frames = images_to_core(images, where="target images").cpu()
+        selection = _face_selection(face_order, face_index, reference)
+        options = SwapOptions(
+            face_order=selection["order"],
+            face_index=selection["index"],
+            reference=selection["reference"],
+            strength=float(strength),
+            smoothing=SmoothingConfig.with_strength(smoothing) if smoothing > 0 else None,
+            mask=mask,  # type: ignore[arg-type]
+            erosion=float(erosion),
+            feather=float(feather),
+            colour=colour,  # type: ignore[arg-type]
+            pose_check=bool(pose_check),
+            pose_policy=pose_policy,  # type: ignore[arg-type]
+            no_face=no_face,  # type: ignore[arg-type]
+        )
+        progress = comfy_progress(int(frames.shape[0]), node_id=node_id_of(cls), what="swap")
+        with comfy_errors():
+            model = generator.ready()
+            result = swap_faces(frames, identity, analyzer, model, options, progress)
+        lines = [
+            f"{sum(result.face_counts)} face(s) swapped in {len(result.face_counts)} frame(s) with {generator.name}"
+        ]
+        if result.frames_without_face:
+            shown = ", ".join(str(frame) for frame in result.frames_without_face[:20])
+            more = " ..." if len(result.frames_without_face) > 20 else ""
+            lines.append(f"frames without the face asked for (unchanged): {shown}{more}")
+        if pose_check:
+            lines.append(format_pose_report(result.pose_reports) if result.pose_reports else "pose check: no faces")
+        report = "\n".join(lines)
+        return io.NodeOutput(
+            images_to_comfy(result.images), masks_to_comfy(result.masks), report, ui={"facemagic_text": [report]}
+        )
+
+
+NODES: list[type[io.ComfyNode]] = [FaceMagicSwap, FaceMagicPoseCheck, FaceMagicBlend, FaceMagicSwapFaces]

@@ -1,0 +1,198 @@
+"""The swap nodes (Swap, Pose Check, Blend, all-in-one) on tiny models, through the ComfyUI stand-in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from comfy_stub.samples import comfy_image, random_identity
+
+from facemagic_core.analysis import FaceAnalyzer
+from facemagic_core.errors import IncompatibleIdentityError, NoFaceError
+from facemagic_core.pipeline import DEFAULT_CHUNK_SIZE
+from facemagic_core.types import Identity
+
+pytest_plugins = ["comfy_stub.fixtures"]
+
+SWAP_SETTINGS = {"strength": 1.0, "face_order": "largest", "face_index": 0, "weave": 1, "smoothing": 0.0}
+BLEND_SETTINGS = {
+    "mask": "ellipse",
+    "erosion": 0.05,
+    "feather": 0.1,
+    "colour": "none",
+    "generator_mask": True,
+    "poisson": False,
+}
+POSE_SETTINGS = {"max_yaw_diff": 10.0, "max_pitch_diff": 10.0, "max_roll_diff": 8.0, "max_nme": 0.05}
+
+
+@pytest.fixture(scope="module")
+def target() -> torch.Tensor:
+    """Two target pictures, each with one "face"."""
+    return torch.cat([comfy_image([(5, 5, 255)]), comfy_image([(4, 5, 230)])])
+
+
+@pytest.fixture(scope="module")
+def swapped(nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, target: torch.Tensor, identity_b: Identity):
+    return nodes["FaceMagicSwap"].run(
+        images=target, identity=identity_b, generator=generator, analyzer=analyzer, no_face="error", **SWAP_SETTINGS
+    )
+
+
+def test_swap_gives_swap_data_and_the_swapped_crops(swapped: Any, target: torch.Tensor) -> None:
+    data, crops = swapped.args
+    assert data.num_faces == 2 and data.frames_without_face == ()
+    assert crops.shape == (2, 64, 64, 3) and crops.dtype == torch.float32  # the tiny generator's 64 px crops
+    assert float(crops.min()) >= 0.0 and float(crops.max()) <= 1.0
+    assert torch.equal(data.frames, target.permute(0, 3, 1, 2))  # the target frames are kept as they were
+    assert data.chunks[0].batch.crops.device.type == "cpu"  # parked on the CPU between nodes
+
+
+def test_blend_pastes_back_inside_the_mask_only(nodes: dict[str, Any], swapped: Any, target: torch.Tensor) -> None:
+    images, mask = nodes["FaceMagicBlend"].run(swap=swapped[0], **BLEND_SETTINGS).args
+    assert images.shape == target.shape and mask.shape == target.shape[:3]
+    outside = mask == 0
+    assert bool(outside.any()) and bool((mask > 0.5).any())
+    assert torch.equal(images[outside], target[outside])  # untouched pixels are bit for bit the input
+    assert float((images - target).abs().amax(dim=-1)[mask > 0.5].mean()) > 1e-3  # the face changed
+
+
+def test_blend_limit_mask_keeps_the_face_where_it_is_zero(
+    nodes: dict[str, Any], swapped: Any, target: torch.Tensor
+) -> None:
+    nothing = torch.zeros(1, 320, 320)
+    images, mask = nodes["FaceMagicBlend"].run(swap=swapped[0], mask_input=nothing, **BLEND_SETTINGS).args
+    assert float(mask.max()) == 0.0 and torch.equal(images, target)
+
+
+def test_pose_check_reports_every_face_and_draws_the_debug_image(
+    nodes: dict[str, Any], swapped: Any, target: torch.Tensor
+) -> None:
+    output = nodes["FaceMagicPoseCheck"].run(swap=swapped[0], policy="original", **POSE_SETTINGS)
+    data, report, debug = output.args
+    reports = data.pose_reports()
+    assert [r.image_index for r in reports] == [0, 1]
+    assert report.splitlines()[-1] == f"{sum(r.passed for r in reports)} of 2 faces passed"
+    assert debug.shape == target.shape and not torch.equal(debug, target)  # landmarks drawn
+    assert output.ui["facemagic_text"] == [report]
+    assert output.ui["facemagic_pose"] == [{"faces": 2, "failed": sum(not r.passed for r in reports)}]
+    assert swapped[0].chunks[0].pose is None  # the input SwapData is not modified
+    # policy "original": failed faces are left as they were by the blend
+    images, _ = nodes["FaceMagicBlend"].run(swap=data, **BLEND_SETTINGS).args
+    for frame, result in enumerate(reports):
+        if not result.passed:
+            assert torch.equal(images[frame], target[frame])
+
+
+def test_swap_without_a_face_names_the_frame_or_passes_it(
+    nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, target: torch.Tensor, identity_b: Identity
+) -> None:
+    frames = torch.cat([target[:1], comfy_image([])])
+    swap = nodes["FaceMagicSwap"]
+    with pytest.raises(NoFaceError, match="frame 2 of 2"):
+        swap.run(
+            images=frames, identity=identity_b, generator=generator, analyzer=analyzer, no_face="error", **SWAP_SETTINGS
+        )
+    data = swap.run(
+        images=frames, identity=identity_b, generator=generator, analyzer=analyzer, no_face="pass", **SWAP_SETTINGS
+    )[0]
+    assert data.frames_without_face == (1,) and data.num_faces == 1
+    images, mask = nodes["FaceMagicBlend"].run(swap=data, **BLEND_SETTINGS).args
+    assert torch.equal(images[1], frames[1]) and float(mask[1].max()) == 0.0
+
+
+def test_swap_refuses_an_identity_of_another_recogniser(
+    nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, target: torch.Tensor
+) -> None:
+    with pytest.raises(IncompatibleIdentityError, match="recogniser"):
+        nodes["FaceMagicSwap"].run(
+            images=target,
+            identity=random_identity(3, model="arcface_glintr100"),
+            generator=generator,
+            analyzer=analyzer,
+            no_face="error",
+            **SWAP_SETTINGS,
+        )
+
+
+def test_long_batches_go_in_chunks_with_progress_and_stop_on_cancel(
+    nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, identity_b: Identity
+) -> None:
+    import comfy.model_management as model_management
+    import comfy.utils
+
+    frames = comfy_image([(2, 2, 255)], size=160).repeat(DEFAULT_CHUNK_SIZE + 2, 1, 1, 1)
+    comfy.utils.PROGRESS_UPDATES.clear()
+    data = nodes["FaceMagicSwap"].run(
+        images=frames, identity=identity_b, generator=generator, analyzer=analyzer, no_face="error", **SWAP_SETTINGS
+    )[0]
+    assert [chunk.start for chunk in data.chunks] == [0, DEFAULT_CHUNK_SIZE]
+    assert [update[1:] for update in comfy.utils.PROGRESS_UPDATES] == [
+        (DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_SIZE + 2),
+        (DEFAULT_CHUNK_SIZE + 2, DEFAULT_CHUNK_SIZE + 2),
+    ]
+    images, _ = nodes["FaceMagicBlend"].run(swap=data, **BLEND_SETTINGS).args
+    assert images.shape[0] == DEFAULT_CHUNK_SIZE + 2
+    torch.testing.assert_close(images[0], images[-1])  # the same frame gives the same result in every chunk
+    model_management.interrupt_current_processing(True)
+    with pytest.raises(model_management.InterruptProcessingException):
+        nodes["FaceMagicBlend"].run(swap=data, **BLEND_SETTINGS)
+
+
+def test_all_in_one_matches_the_modular_nodes(
+    nodes: dict[str, Any],
+    generator: Any,
+    analyzer: FaceAnalyzer,
+    target: torch.Tensor,
+    identity_b: Identity,
+    swapped: Any,
+) -> None:
+    output = nodes["FaceMagicSwapFaces"].run(
+        images=target,
+        identity=identity_b,
+        generator=generator,
+        analyzer=analyzer,
+        pose_check=True,
+        pose_policy="keep",
+        no_face="error",
+        mask="ellipse",
+        erosion=0.05,
+        feather=0.1,
+        colour="none",
+        strength=1.0,
+        face_order="largest",
+        face_index=0,
+        smoothing=0.0,
+    )
+    images, mask, report = output.args
+    modular, modular_mask = nodes["FaceMagicBlend"].run(swap=swapped[0], **BLEND_SETTINGS).args
+    torch.testing.assert_close(images, modular, atol=2e-5, rtol=0)
+    torch.testing.assert_close(mask, modular_mask, atol=2e-5, rtol=0)
+    assert report.startswith("2 face(s) swapped in 2 frame(s) with tiny_native")
+    assert "of 2 faces passed" in report and output.ui["facemagic_text"] == [report]
+
+
+def test_strength_zero_and_every_face(
+    nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, identity_b: Identity
+) -> None:
+    two_faces = comfy_image([(3, 5, 255), (8, 5, 240)])
+    data = nodes["FaceMagicSwap"].run(
+        images=two_faces,
+        identity=identity_b,
+        generator=generator,
+        analyzer=analyzer,
+        no_face="error",
+        **{**SWAP_SETTINGS, "face_index": -1},
+    )[0]
+    assert data.num_faces == 2
+    reference = nodes["FaceMagicSwap"].run(
+        images=two_faces,
+        identity=identity_b,
+        generator=generator,
+        analyzer=analyzer,
+        no_face="error",
+        reference=identity_b,
+        **SWAP_SETTINGS,
+    )[0]
+    assert reference.num_faces == 1
