@@ -168,7 +168,7 @@ def _pillow_frames(file: Path) -> Iterator[npt.NDArray[np.uint8]]:
         with Image.open(file) as picture:
             for index in range(int(getattr(picture, "n_frames", 1))):
                 picture.seek(index)
-                yield np.asarray(picture.convert("RGB"), dtype=np.uint8)
+                yield np.array(picture.convert("RGB"), dtype=np.uint8)  # a writable copy
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise _unreadable(file, str(error)) from error
 
