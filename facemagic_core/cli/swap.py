@@ -1,0 +1,542 @@
+"""``facemagic swap``: put a person's face into a photo, a GIF or a video."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..blend import COLOUR_METHODS, MASK_KINDS
+from ..errors import BadInputError
+from ..identity import IDENTITY_SUFFIX, extract_identity, load_identity, mix_coarse_fine
+from ..images import load_image, save_image
+from ..pipeline import (
+    MAX_WEAVE,
+    NO_FACE_POLICIES,
+    NoFacePolicy,
+    SmoothingConfig,
+    SwapOptions,
+    SwapResult,
+    swap_faces,
+    swap_video,
+)
+from ..pose import FAILURE_POLICIES, PoseReport, PoseThresholds, draw_pose_overlay, format_pose_report
+from ..types import FACE_ORDERS, Identity
+from ..video import WRITABLE_VIDEO_SUFFIXES, is_video_path
+from . import add_model_options
+from . import identity as identity_command
+
+if TYPE_CHECKING:
+    from ..analysis import FaceAnalyzer
+    from ..generators import SwapModel
+
+logger = logging.getLogger(__name__)
+
+#: Output suffixes for a photo target.
+IMAGE_OUTPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+#: Parts of a --mix: the coarse blocks (face shape) and the fine blocks (details).
+MIX_PARTS = ("coarse", "fine")
+#: Failing faces printed in full for a video (the rest are counted).
+MAX_FAILURES_SHOWN = 10
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value}")
+    return value
+
+
+def _mix_item(text: str) -> tuple[str, Path]:
+    part, sep, path = text.partition("=")
+    if not sep or part not in MIX_PARTS or not path:
+        raise argparse.ArgumentTypeError(
+            f"expected PART=FILE with PART one of {', '.join(MIX_PARTS)} (e.g. coarse=a.jpg), got {text!r}"
+        )
+    return part, Path(path)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "swap",
+        help="swap a face into a photo, GIF or video",
+        description=identity_command.wrap_description(
+            "Replace the face in a target photo, GIF or video with the face of the person in the source photo(s). "
+            "The target keeps its pose, expression, lighting, hair and background; only the identity changes. "
+            "Give the person as one or more --source photos (their average is used) or as an --identity file "
+            f"({IDENTITY_SUFFIX}) made by 'facemagic identity'."
+            "\n\nBy default the largest face of every frame is swapped (--face-index and --all-faces choose "
+            "others). A photo without a face is an error; video frames without a face are kept unchanged "
+            "(--no-face). Videos keep their frame rate and are written as .mp4 or .gif. Models are downloaded "
+            "into --models on first use; a generator can also be a local .onnx file or a native model folder."
+        ),
+        epilog=(
+            "examples:\n"
+            "  facemagic swap --source me.jpg --target photo.jpg -o result.png\n"
+            "  facemagic swap --source me1.jpg me2.jpg --target clip.mp4 -o result.mp4 --smooth\n"
+            "  facemagic swap --identity me.safetensors --target group.jpg -o out.png --all-faces\n"
+            "  facemagic swap --mix coarse=a.jpg fine=b.jpg --target t.jpg -o out.png --generator my_model/\n"
+            "  facemagic swap --source me.jpg --target t.jpg -o out.png --pose-check --pose-debug debug/"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    who = parser.add_argument_group("who to put in (one of these)")
+    who.add_argument(
+        "--source",
+        nargs="+",
+        type=Path,
+        metavar="PHOTO",
+        help="photo(s) of the person; with several, their identities are averaged (the largest face of each)",
+    )
+    who.add_argument(
+        "--identity",
+        type=Path,
+        metavar="FILE",
+        help=f"an identity file ({IDENTITY_SUFFIX}) made by 'facemagic identity' or the Save Identity node",
+    )
+    who.add_argument(
+        "--mix",
+        nargs="+",
+        type=_mix_item,
+        metavar="PART=FILE",
+        help="mix two people: coarse=FILE gives the face shape (the generator's coarse blocks), fine=FILE the "
+        "details (its fine blocks); each FILE is a photo or an identity file. Needs a generator with several "
+        "blocks (native FaceMagic models; ONNX swappers have one)",
+    )
+    who.add_argument(
+        "--coarse-blocks",
+        type=int,
+        metavar="N",
+        help="with --mix: how many blocks, counted from the coarsest, take the coarse identity (default: half)",
+    )
+
+    where = parser.add_argument_group("where to put it")
+    where.add_argument(
+        "--target",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the photo, GIF or video (.mp4, .mov, .avi, .mkv, .webm, .gif) whose face is replaced",
+    )
+    where.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the result: a picture (.png, .jpg, .webp) for a photo, .mp4 or .gif for a GIF or video",
+    )
+    faces = where.add_mutually_exclusive_group()
+    faces.add_argument(
+        "--face-index",
+        type=identity_command.parse_face_index,
+        default=0,
+        metavar="N",
+        help="which face of each frame to swap: 0 is the first in --order, 1 the second; several as 0,2 (default: 0)",
+    )
+    faces.add_argument("--all-faces", action="store_true", help="swap every face of every frame")
+    where.add_argument(
+        "--order",
+        choices=FACE_ORDERS,
+        default="largest",
+        metavar="ORDER",
+        help=f"how faces are counted for --face-index: {', '.join(FACE_ORDERS)} (default: %(default)s)",
+    )
+    where.add_argument(
+        "--no-face",
+        choices=NO_FACE_POLICIES,
+        default=None,
+        help="a frame without the face asked for: 'error' stops, 'pass' keeps the frame unchanged "
+        "(default: error for a photo, pass for a video)",
+    )
+    where.add_argument(
+        "--max-frames", type=_positive_int, metavar="N", help="only the first N frames of a video or GIF"
+    )
+
+    how = parser.add_argument_group("how")
+    how.add_argument(
+        "--generator",
+        default="inswapper_128",
+        metavar="MODEL",
+        help="the swap model: a registry name (inswapper_128, inswapper_128_fp16, hyperswap_1a_256, ...; see "
+        "'facemagic models list'), a native model folder (config.json + model.safetensors) or an .onnx file "
+        "(default: %(default)s)",
+    )
+    how.add_argument(
+        "--strength",
+        nargs="+",
+        type=_fraction,
+        default=[1.0],
+        metavar="S",
+        help="how much of the source identity to put in, 0 to 1: one number, or one per generator block "
+        "(coarsest first) (default: 1)",
+    )
+    how.add_argument(
+        "--weave",
+        type=int,
+        choices=range(1, MAX_WEAVE + 1),
+        default=1,
+        metavar="N",
+        help=f"work at N times the model's resolution (1 to {MAX_WEAVE}): sharper faces on large frames, "
+        "N*N times slower (default: 1)",
+    )
+    how.add_argument(
+        "--smooth",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=None,
+        metavar="STRENGTH",
+        help="video: steady the face crop from frame to frame (landmark smoothing); optional strength, "
+        "1 = default, 2 = smoother but slower to follow fast moves",
+    )
+    how.add_argument(
+        "--mask",
+        choices=MASK_KINDS,
+        default="ellipse",
+        help="shape of the pasted area: ellipse, box, or hull (the face outline; needs the insightface "
+        "detector's landmark models) (default: %(default)s)",
+    )
+    how.add_argument(
+        "--feather",
+        type=_fraction,
+        default=0.1,
+        metavar="F",
+        help="width of the soft mask edge, as a fraction of the face size (default: %(default)s)",
+    )
+    how.add_argument(
+        "--erosion",
+        type=float,
+        default=0.05,
+        metavar="F",
+        help="shrink the mask by this fraction of the face size, 0 to 0.5 (default: %(default)s)",
+    )
+    how.add_argument(
+        "--colour",
+        "--color",
+        choices=COLOUR_METHODS,
+        default="none",
+        help="match the new face's colours to the target: none, mean_std or lab (default: %(default)s)",
+    )
+    how.add_argument("--poisson", action="store_true", help="seamless (Poisson) blending, on the CPU (slow)")
+    how.add_argument(
+        "--pose-check",
+        action="store_true",
+        help="check that each swapped face keeps the target's head pose and landmarks, and print a report",
+    )
+    how.add_argument(
+        "--pose-policy",
+        choices=FAILURE_POLICIES,
+        default="keep",
+        help="with --pose-check, a face that fails: keep the swap, or keep the original face (default: %(default)s)",
+    )
+    how.add_argument(
+        "--pose-debug",
+        type=Path,
+        metavar="DIR",
+        help="with --pose-check, save one picture per frame with the target (green) and result (red) landmarks",
+    )
+
+    models = parser.add_argument_group("models and hardware")
+    models.add_argument(
+        "--detector",
+        choices=identity_command.DETECTOR_BACKENDS,
+        default="insightface",
+        help="face detector: insightface (the buffalo_l pack) or yunet (small and fast, with the ArcFace "
+        "w600k_r50 recogniser) (default: %(default)s)",
+    )
+    models.add_argument(
+        "--detector-model",
+        type=Path,
+        metavar="FILE",
+        help="use this detector file instead of the registry's (a YuNet .onnx with --detector yunet, an SCRFD "
+        ".onnx with insightface)",
+    )
+    models.add_argument(
+        "--recognizer",
+        type=Path,
+        metavar="FILE",
+        help="use this ArcFace recogniser .onnx (w600k_r50-compatible) instead of the registry's",
+    )
+    models.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        help="generator precision: auto is fp16 on a GPU, fp32 on the CPU (default: %(default)s)",
+    )
+    models.add_argument(
+        "--chunk",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="frames processed at once; smaller uses less memory (halved automatically on GPU out-of-memory) "
+        "(default: %(default)s)",
+    )
+    add_model_options(parser)
+    parser.set_defaults(handler=run_swap)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the parts
+
+
+def build_swap_analyzer(
+    model_dir: Path,
+    backend: str,
+    device: str,
+    *,
+    detector_model: Path | None = None,
+    recognizer: Path | None = None,
+) -> FaceAnalyzer:
+    """The analyzer of ``facemagic identity`` (:func:`identity_command.build_analyzer`), or one from given files."""
+    if detector_model is None and recognizer is None:
+        return identity_command.build_analyzer(model_dir, backend, device)
+    from ..analysis import FaceAnalyzer
+    from ..hub import ensure_model
+    from ..runtime import onnx_providers
+
+    providers = onnx_providers(device)
+    if backend == "yunet":
+        return FaceAnalyzer(
+            backend="yunet",
+            detector=detector_model or ensure_model("yunet", model_dir),
+            recognizer=recognizer or ensure_model("arcface_w600k_r50", model_dir),
+            providers=providers,
+        )
+    if backend != "insightface":
+        raise BadInputError(f"unknown detector {backend!r}", fix="use insightface or yunet")
+    pack = ensure_model("buffalo_l", model_dir)
+    return FaceAnalyzer(
+        backend="insightface",
+        detector=detector_model or pack / "det_10g.onnx",
+        recognizer=recognizer or pack / "w600k_r50.onnx",
+        landmarks_106=pack / "2d106det.onnx",
+        providers=providers,
+    )
+
+
+def _load_named_identity(path: Path) -> Identity:
+    """An identity file, named after the file when it does not carry a name (for messages and mixes)."""
+    identity = load_identity(path)
+    if identity.extra.get("name"):
+        return identity
+    return dataclasses.replace(identity, extra={**identity.extra, "name": path.name})
+
+
+def _identity_from_file(path: Path, analyzer: FaceAnalyzer) -> Identity:
+    """An identity file, or the identity of the largest face in a photo."""
+    if path.suffix.lower() == IDENTITY_SUFFIX:
+        return _load_named_identity(path)
+    return extract_identity(analyzer, [load_image(path)], sources=[path.name])
+
+
+def build_identity(args: argparse.Namespace, analyzer: FaceAnalyzer, generator: SwapModel) -> Identity:
+    """The identity to inject, from --source, --identity or --mix (exactly one of them)."""
+    given = [name for name in ("source", "identity", "mix") if getattr(args, name)]
+    if len(given) != 1:
+        raise BadInputError(
+            "say who to put in with exactly one of --source, --identity or --mix"
+            + (f" (got {', '.join('--' + name for name in given)})" if given else ""),
+            where="facemagic swap",
+            fix="e.g. --source me.jpg, or --identity me.safetensors",
+        )
+    if args.coarse_blocks is not None and not args.mix:
+        raise BadInputError("--coarse-blocks only works with --mix", where="facemagic swap")
+    if args.identity:
+        return _load_named_identity(args.identity)
+    if args.source:
+        paths: list[Path] = list(args.source)
+        images = [load_image(path) for path in paths]
+        names = [path.name if [p.name for p in paths].count(path.name) == 1 else str(path) for path in paths]
+        return extract_identity(analyzer, images, sources=names)
+    parts = dict(args.mix)
+    if set(parts) != set(MIX_PARTS) or len(args.mix) != len(MIX_PARTS):
+        raise BadInputError(
+            "--mix needs exactly one coarse=FILE and one fine=FILE",
+            where="facemagic swap",
+            fix="e.g. --mix coarse=a.jpg fine=b.jpg",
+        )
+    coarse = _identity_from_file(parts["coarse"], analyzer)
+    fine = _identity_from_file(parts["fine"], analyzer)
+    blocks = int(generator.num_blocks)
+    if blocks == 1:
+        print(
+            f"warning: the generator {generator.name} has a single identity block, so --mix cannot give coarse and "
+            "fine details to different people: the coarse identity is used. Use a native FaceMagic model for mixing."
+        )
+    return mix_coarse_fine(coarse, fine, num_blocks=blocks, coarse_blocks=args.coarse_blocks)
+
+
+def build_options(args: argparse.Namespace, *, video: bool) -> SwapOptions:
+    no_face: NoFacePolicy = args.no_face or ("pass" if video else "error")
+    smoothing = SmoothingConfig.with_strength(args.smooth) if args.smooth is not None else None
+    strength = args.strength[0] if len(args.strength) == 1 else tuple(args.strength)
+    return SwapOptions(
+        face_order=args.order,
+        face_index=None if args.all_faces else args.face_index,
+        strength=strength,
+        weave=args.weave,
+        smoothing=smoothing,
+        mask=args.mask,
+        erosion=args.erosion,
+        feather=args.feather,
+        colour=args.colour,
+        poisson=args.poisson,
+        pose_check=args.pose_check or args.pose_debug is not None,
+        pose_thresholds=PoseThresholds(),
+        pose_policy=args.pose_policy,
+        no_face=no_face,
+        chunk_size=args.chunk,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+def save_pose_debug(result: SwapResult, folder: Path) -> int:
+    """One picture per frame with faces: target landmarks green, result red, pass/fail written; returns the count."""
+    if result.pose_landmarks is None or not result.pose_reports:
+        return 0
+    targets, results = result.pose_landmarks
+    reports = result.pose_reports
+    frames = sorted({report.image_index for report in reports})
+    folder.mkdir(parents=True, exist_ok=True)
+    for frame in frames:
+        chosen = [i for i, report in enumerate(reports) if report.image_index == frame]
+        local = frame - result.frame_offset
+        picture = draw_pose_overlay(
+            result.images[local : local + 1],
+            targets[chosen],
+            results[chosen],
+            [reports[i] for i in chosen],
+            image_index=[0] * len(chosen),
+        )
+        save_image(picture[0], folder / f"frame_{frame:05d}.png")
+    return len(frames)
+
+
+def print_pose_summary(reports: Sequence[PoseReport], *, full: bool) -> None:
+    if not reports:
+        return
+    failed = [report for report in reports if not report.passed]
+    if full:
+        print(format_pose_report(reports))
+        return
+    print(f"Pose check: {len(reports) - len(failed)} of {len(reports)} faces passed")
+    if failed:
+        print(format_pose_report(failed[:MAX_FAILURES_SHOWN]).rsplit("\n", 1)[0])
+        if len(failed) > MAX_FAILURES_SHOWN:
+            print(f"... and {len(failed) - MAX_FAILURES_SHOWN} more failing faces")
+
+
+def _describe_frames(frames: Sequence[int]) -> str:
+    shown = ", ".join(str(frame) for frame in frames[:20])
+    return shown + (f" ... ({len(frames)} in all)" if len(frames) > 20 else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def run_swap(args: argparse.Namespace) -> int:
+    from ..generators import load_generator
+
+    target: Path = args.target
+    output: Path = args.output
+    video = is_video_path(target)
+    suffix = output.suffix.lower()
+    if video and suffix not in WRITABLE_VIDEO_SUFFIXES:
+        raise BadInputError(
+            f"the target is a video, so the output must be a video too, not {suffix or 'a file without suffix'}",
+            where=str(output),
+            fix=f"name the output {output.stem}.mp4 or {output.stem}.gif",
+        )
+    if not video and suffix not in IMAGE_OUTPUT_SUFFIXES:
+        raise BadInputError(
+            f"the target is a photo, so the output must be a picture, not {suffix or 'a file without suffix'}",
+            where=str(output),
+            fix=f"name the output {output.stem}.png or {output.stem}.jpg",
+        )
+    if not target.is_file():
+        raise BadInputError("the target file does not exist", where=str(target), fix="check the path")
+    if args.pose_debug is not None and not args.pose_check:
+        print("note: --pose-debug turns on --pose-check")
+
+    started = time.perf_counter()
+    analyzer = build_swap_analyzer(
+        args.models, args.detector, args.device, detector_model=args.detector_model, recognizer=args.recognizer
+    )
+    generator = load_generator(args.generator, model_dir=args.models, device=args.device, dtype=args.dtype)
+    identity = build_identity(args, analyzer, generator)
+    options = build_options(args, video=video)
+    print(
+        f"Swapping with {generator.name} on {generator.device} ({str(generator.dtype).removeprefix('torch.')}); "
+        f"identity from {', '.join(identity.sources) or identity.extra.get('name', 'an identity file')}"
+    )
+
+    if not video:
+        image = load_image(target)
+        result = swap_faces(image, identity, analyzer, generator, options)
+        save_image(result.images[0], output)
+        print(f"Swapped {result.face_counts[0]} face(s); saved {output}")
+        if result.frames_without_face:
+            print("No face was found; the picture was saved unchanged.")
+        print_pose_summary(result.pose_reports, full=True)
+        if args.pose_debug is not None:
+            save_pose_debug(result, args.pose_debug)
+            print(f"Saved the pose overlay to {args.pose_debug}")
+        return 0
+
+    clock = {"start": time.perf_counter()}
+
+    def report_progress(done: int, total: int) -> None:
+        seconds = time.perf_counter() - clock["start"]
+        rate = done / seconds if seconds > 0 else 0.0
+        print(f"frames {done}/{total} ({100 * done / max(total, 1):.0f}%), {rate:.2f} frames/s", flush=True)
+
+    debug_frames = [0]
+
+    def on_result(result: SwapResult) -> None:
+        if args.pose_debug is not None:
+            debug_frames[0] += save_pose_debug(result, args.pose_debug)
+
+    summary = swap_video(
+        target,
+        output,
+        identity,
+        analyzer,
+        generator,
+        options,
+        report_progress,
+        max_frames=args.max_frames,
+        on_result=on_result,
+    )
+    swapped = sum(1 for count in summary.face_counts if count)
+    print(
+        f"Saved {output}: {summary.frames} frames at {summary.fps:.3g} fps, faces swapped in {swapped} frames "
+        f"({sum(summary.face_counts)} faces) in {time.perf_counter() - started:.1f} s"
+    )
+    if summary.frames_without_face:
+        print(f"Frames without a face, kept unchanged: {_describe_frames(summary.frames_without_face)}")
+    print_pose_summary(summary.pose_reports, full=False)
+    if args.pose_debug is not None:
+        print(f"Saved {debug_frames[0]} pose overlay picture(s) to {args.pose_debug}")
+    return 0
