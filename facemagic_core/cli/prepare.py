@@ -1,0 +1,134 @@
+"""``facemagic prepare``: turn a folder of photos into a training cache for ``facemagic train``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInputError
+from ..generators.config import TEMPLATES
+from . import add_model_options
+from . import identity as identity_command
+
+#: Default crop side when neither --size nor --config is given.
+DEFAULT_SIZE = 256
+
+
+def register(subparsers: Any) -> None:
+    from ..training.prepare import DEFAULT_SHARD_SIZE, LAYOUTS
+
+    parser = subparsers.add_parser(
+        "prepare",
+        help="detect, align and embed the faces of a photo folder for training",
+        description=identity_command.wrap_description(
+            "Find the face in every photo of DATA_DIR, align it to the generator's template and size, compute its "
+            "ArcFace identity embedding and landmarks, and write them to CACHE_DIR as shards plus a manifest.json. "
+            "With one sub-folder per person (VGGFace2 or CelebA by identity) the person ids are kept too."
+            "\n\nThe work is resumable: run the same command again after an interruption, or after adding photos, "
+            "and only the photos not yet in the manifest are processed. Photos that cannot be read are listed "
+            "and skipped."
+        ),
+        epilog=(
+            "examples:\n"
+            "  facemagic prepare photos/ -o cache/ --config configs/base_256.json\n"
+            "  facemagic prepare vggface2/train -o cache256/ --size 256 --layout per_person --detector insightface"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder of photos (or of per-person folders)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="CACHE_DIR", help="cache folder to write")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="CONFIG",
+        help="training config (JSON) whose generator decides the crop size and template",
+    )
+    parser.add_argument("--size", type=int, help=f"crop side in pixels when no --config (default: {DEFAULT_SIZE})")
+    parser.add_argument(
+        "--template", choices=TEMPLATES, default=None, help="alignment template when no --config (default: arcface)"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="per_person: each sub-folder is one person; flat: no person labels; auto: per_person when the folder "
+        "holds only sub-folders (default: %(default)s)",
+    )
+    parser.add_argument("--all-faces", action="store_true", help="keep every face of a photo, not just the largest")
+    parser.add_argument(
+        "--min-face-size", type=float, default=0.0, metavar="PX", help="skip faces smaller than this (default: 0)"
+    )
+    parser.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N", help="faces per shard (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--detector",
+        choices=identity_command.DETECTOR_BACKENDS,
+        default="insightface",
+        help="face detector: insightface (the buffalo_l pack, with 106-point landmarks) or yunet (default: "
+        "%(default)s)",
+    )
+    parser.add_argument("--detector-model", type=Path, metavar="FILE", help="use this detector file")
+    parser.add_argument("--recognizer", type=Path, metavar="FILE", help="use this ArcFace recogniser .onnx")
+    add_model_options(parser)
+    parser.set_defaults(handler=run_prepare)
+
+
+def _crop_geometry(args: argparse.Namespace) -> tuple[int, str]:
+    if args.config is not None:
+        from ..training.config import TrainConfig
+
+        if args.size is not None or args.template is not None:
+            raise BadInputError(
+                "--size and --template cannot be combined with --config",
+                where="facemagic prepare",
+                fix="the config's generator decides them; leave --size and --template out",
+            )
+        generator = TrainConfig.from_file(args.config).generator
+        return generator.image_size, generator.template
+    size = DEFAULT_SIZE if args.size is None else int(args.size)
+    if size < 16:
+        raise BadInputError(f"--size must be at least 16, got {size}", where="facemagic prepare")
+    return size, args.template or "arcface"
+
+
+def _print_progress(done: int, total: int) -> None:
+    step = max(1, total // 100)
+    if done % step == 0 or done == total:
+        print(f"\rprepare: {done}/{total} photos", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from ..training.prepare import prepare_dataset
+    from .swap import build_swap_analyzer
+
+    size, template = _crop_geometry(args)
+    analyzer = build_swap_analyzer(
+        args.models, args.detector, args.device, detector_model=args.detector_model, recognizer=args.recognizer
+    )
+    summary = prepare_dataset(
+        args.data_dir,
+        args.output,
+        analyzer,
+        image_size=size,
+        template=template,
+        layout=args.layout,
+        shard_size=args.shard_size,
+        all_faces=args.all_faces,
+        min_face_size=args.min_face_size,
+        progress=_print_progress,
+    )
+    print(
+        f"{summary.photos_processed} new photo(s) of {summary.photos_total}: {summary.faces_added} face(s) added, "
+        f"{summary.faces_total} in the cache, {summary.shards_written} shard(s) written ({size} px, {template})"
+    )
+    if summary.no_face:
+        print(f"no usable face in {len(summary.no_face)} photo(s): {', '.join(summary.no_face[:10])}")
+    if summary.unreadable:
+        print(f"{len(summary.unreadable)} photo(s) could not be read and were skipped:")
+        for name, reason in summary.unreadable:
+            print(f"  {name}: {reason}")
+    print(f"Wrote {args.output / 'manifest.json'}")
+    return 0
