@@ -26,6 +26,20 @@ from ._comfy import load_models, new_model_patcher, offload_device
 logger = logging.getLogger(__name__)
 
 
+class ManagedWeights(torch.nn.Module):
+    """The generator's module as ComfyUI's ModelPatcher sees it.
+
+    ModelPatcher writes bookkeeping attributes onto the module it manages (``device``,
+    ``model_loaded_weight_memory``...), and the generator's own ``device`` is a read-only
+    property; this container takes those writes and holds the generator as its only submodule,
+    so moving the container's weights moves the generator's.
+    """
+
+    def __init__(self, generator: torch.nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+
 @dataclass(frozen=True, eq=False)
 class GeneratorHandle:
     """What travels through a ``FACEMAGIC_GENERATOR`` socket."""
@@ -53,6 +67,6 @@ def manage_generator(model: SwapModel, *, name: str) -> GeneratorHandle:
         return GeneratorHandle(model=model, patcher=None, name=name)
     device = model.device
     parking = offload_device() if device.type != "cpu" else torch.device("cpu")
-    patcher = new_model_patcher(module, load_device=device, offload_to=parking)
+    patcher = new_model_patcher(ManagedWeights(module), load_device=device, offload_to=parking)
     logger.info("%s handed to ComfyUI's model management (load %s, offload %s)", name, device, parking)
     return GeneratorHandle(model=model, patcher=patcher, name=name)

@@ -1,0 +1,324 @@
+"""FaceMagic inside a real ComfyUI server, on the CPU, with tiny models.
+
+Runs when ``COMFYUI_PATH`` points to a ComfyUI checkout (skipped with the reason otherwise)::
+
+    COMFYUI_PATH=/path/to/ComfyUI \\
+    COMFYUI_PYTHON=/path/to/python-with-comfyui-requirements \\   # default: this Python
+    COMFYUI_PYTHONPATH=/path/to/extra/modules \\                  # optional, e.g. a torchvision stand-in
+    python -m pytest tests/test_comfyui_server.py
+
+The server starts with ``--cpu --base-directory <tmp>``: the pack is linked into
+``<tmp>/custom_nodes``, tiny models go into ``<tmp>/models/facemagic`` (a tiny buffalo_l pack and
+a tiny inswapper-layout ``inswapper_128.onnx``), test pictures and a short video into
+``<tmp>/input``. Downloads are switched off (``HF_HUB_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from comfy_stub import build_workflows
+from comfy_stub.harness import REPO
+from comfy_stub.samples import TINY_GENERATOR, write_tiny_models
+from comfy_stub.workflow_tools import CORE_NODES, FRONTEND_ONLY_NODES, load_workflow, ui_to_api, widget_layout
+from tiny_models import bright_cell_image
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_PATH, reason="COMFYUI_PATH is not set: these tests need a ComfyUI checkout to start a server"
+)
+START_TIMEOUT = 240.0
+RUN_TIMEOUT = 300.0
+PACK_FOLDER = "ComfyUI-FaceMagic"
+
+
+@dataclass
+class Server:
+    url: str
+    base: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def get(self, route: str) -> Any:
+        with urllib.request.urlopen(f"{self.url}{route}", timeout=60) as response:
+            return json.loads(response.read())
+
+    def post(self, route: str, payload: dict[str, Any]) -> Any:
+        request = urllib.request.Request(
+            f"{self.url}{route}", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:  # validation errors come back as 400 with a JSON body
+            return {"http_error": error.code, **json.loads(error.read() or b"{}")}
+
+    def run(self, prompt: dict[str, Any], timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
+        """Queue ``prompt`` and wait for its history entry."""
+        queued = self.post("/prompt", {"prompt": prompt, "client_id": "facemagic-tests"})
+        assert "prompt_id" in queued, f"the server refused the prompt: {json.dumps(queued)[:2000]}"
+        prompt_id = queued["prompt_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry: dict[str, Any] = history[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            time.sleep(0.5)
+        raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s; log: {self.log}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _write_inputs(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pictures = {
+        build_workflows.SOURCE_PHOTO: [(5, 5, 255)],
+        build_workflows.TARGET_PHOTO: [(4, 5, 235)],
+        "facemagic_person_a.png": [(5, 4, 250)],
+        "facemagic_person_b.png": [(6, 5, 225)],
+        "facemagic_photo_1.png": [(5, 5, 255)],
+        "facemagic_photo_2.png": [(5, 6, 245)],
+        "facemagic_photo_3.png": [(4, 4, 240)],
+        "facemagic_noface.png": [],
+    }
+    for name, cells in pictures.items():
+        cv2.imwrite(str(folder / name), cv2.cvtColor(bright_cell_image(cells, 320), cv2.COLOR_RGB2BGR))
+    writer = cv2.VideoWriter(str(folder / build_workflows.TARGET_VIDEO), cv2.VideoWriter_fourcc(*"mp4v"), 8, (320, 320))
+    for frame in range(10):
+        picture = bright_cell_image([(4 + frame % 3, 5, 240)] if frame != 6 else [], 320)  # frame 7 has no face
+        writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def _write_models(facemagic: Path) -> None:
+    from facemagic_core.generators import GeneratorConfig, InswapperGenerator, export_inswapper_onnx
+
+    write_tiny_models(facemagic)
+    torch.manual_seed(1)
+    tiny_inswapper = InswapperGenerator(GeneratorConfig.inswapper_layout(channels=4, image_size=128))
+    export_inswapper_onnx(tiny_inswapper, facemagic / "inswapper_128.onnx")
+    assert TINY_GENERATOR.num_blocks == 6
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    assert COMFYUI_PATH is not None
+    comfy = Path(COMFYUI_PATH)
+    if not (comfy / "main.py").is_file():
+        pytest.skip(f"COMFYUI_PATH={comfy} has no main.py")
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
+    _write_models(base / "models" / "facemagic")
+    _write_inputs(base / "input")
+    port = _free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    extra = os.environ.get("COMFYUI_PYTHONPATH")
+    if extra:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra, env.get("PYTHONPATH")]))
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    log = base / "server.log"
+    command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base)]
+    with open(log, "wb") as stream:
+        process = subprocess.Popen(command, cwd=comfy, env=env, stdout=stream, stderr=subprocess.STDOUT)
+    running = Server(url=f"http://127.0.0.1:{port}", base=base, log=log, process=process)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {process.returncode}:\n{running.log_text()[-4000:]}")
+            try:
+                running.get("/system_stats")
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"ComfyUI did not start in {START_TIMEOUT} s:\n{running.log_text()[-4000:]}")
+                time.sleep(1.0)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def object_info(server: Server) -> dict[str, Any]:
+    info: dict[str, Any] = server.get("/object_info")
+    return info
+
+
+@pytest.fixture(scope="module")
+def stub_info() -> dict[str, dict[str, Any]]:
+    return build_workflows.pack_object_info()
+
+
+def test_the_pack_loads_without_import_failures(server: Server, object_info: dict[str, Any]) -> None:
+    log = server.log_text()
+    assert "FaceMagic: the nodes of" not in log, log[-4000:]
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and PACK_FOLDER in line]
+    assert failed == []
+    version = server.get("/system_stats")["system"].get("comfyui_version")
+    print(f"ComfyUI {version}")
+
+
+def test_object_info_lists_every_node_as_the_schemas_define_it(
+    object_info: dict[str, Any], stub_info: dict[str, dict[str, Any]]
+) -> None:
+    ours = {name: info for name, info in stub_info.items() if name.startswith("FaceMagic")}
+    assert set(ours) <= set(object_info)
+    for name, info in ours.items():
+        real = object_info[name]
+        assert real["category"] == "FaceMagic" and real["display_name"] == info["display_name"]
+        assert real["output"] == info["output"] and real["output_name"] == info["output_name"]
+        for category in ("required", "optional"):
+            assert real["input_order"].get(category, []) == info["input_order"][category], f"{name} {category}"
+            for input_name, entry in info["input"][category].items():
+                assert real["input"][category][input_name][0] == entry[0], f"{name}.{input_name}"
+                assert real["input"][category][input_name][1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        assert all(real["output_tooltips"]), f"{name} has an output without a tooltip"
+
+
+def test_the_recorded_core_nodes_match_the_server(object_info: dict[str, Any]) -> None:
+    for name, recorded in CORE_NODES.items():
+        assert name in object_info, f"core node {name} is not on this ComfyUI"
+        real = object_info[name]
+        assert real["output"] == recorded["output"] and real["output_name"] == recorded["output_name"], name
+        assert widget_layout(real) == widget_layout(recorded), name
+        for category in ("required", "optional"):
+            for input_name, entry in recorded["input"][category].items():
+                kind = real["input"][category][input_name][0]
+                assert (isinstance(kind, list) and entry[0] == "LIST") or kind == entry[0], f"{name}.{input_name}"
+
+
+def _check_outputs(server: Server, entry: dict[str, Any]) -> list[Path]:
+    files = []
+    for output in entry["outputs"].values():
+        for kind in ("images", "videos", "gifs"):
+            for item in output.get(kind, []):
+                if item.get("type") == "output":
+                    path = server.base / "output" / item.get("subfolder", "") / item["filename"]
+                    assert path.is_file() and path.stat().st_size > 0, path
+                    files.append(path)
+    return files
+
+
+def _error_text(entry: dict[str, Any]) -> str:
+    return json.dumps(entry["status"].get("messages", []))
+
+
+@pytest.mark.parametrize("name", sorted(build_workflows.WORKFLOWS))
+def test_example_workflow_runs_to_completion(server: Server, object_info: dict[str, Any], name: str) -> None:
+    workflow = load_workflow(REPO / "workflows" / f"{name}.json")
+    entry = server.run(ui_to_api(workflow, object_info))
+    assert entry["status"]["status_str"] == "success", _error_text(entry)
+    files = _check_outputs(server, entry)
+    if name == "facemagic_save_and_reuse_identity":
+        saved = server.base / "models" / "facemagic" / "identities" / "my_person.safetensors"
+        assert saved.is_file()
+        assert files == []  # the reuse half is muted on the first run
+        every = [node["id"] for node in workflow["nodes"] if node["type"] not in FRONTEND_ONLY_NODES]
+        second = server.run(ui_to_api(workflow, object_info, unmute=every))
+        assert second["status"]["status_str"] == "success", _error_text(second)
+        files = _check_outputs(server, second)
+    assert files, f"{name} wrote no output file"
+    if name == "facemagic_video_pose_check":
+        pose = next(output for output in entry["outputs"].values() if "facemagic_pose" in output)
+        report = pose["facemagic_text"][0]
+        assert report.splitlines()[-1].endswith("faces passed")
+        assert pose["facemagic_pose"][0]["faces"] == 9  # ten frames, one without a face
+        assert any(path.suffix == ".mp4" for path in files)
+
+
+def test_a_missing_face_is_reported_by_name(server: Server, object_info: dict[str, Any]) -> None:
+    workflow = load_workflow(REPO / "workflows" / "facemagic_single_photo_swap.json")
+    for node in workflow["nodes"]:
+        if node["type"] == "LoadImage" and node.get("title", "").startswith("Source"):
+            node["widgets_values"][0] = "facemagic_noface.png"
+    entry = server.run(ui_to_api(workflow, object_info))
+    assert entry["status"]["status_str"] == "error"
+    text = _error_text(entry)
+    assert "NoFaceError" in text and "no face was found" in text and "image 1 of 1" in text
+
+
+def test_a_missing_model_says_where_to_put_it(server: Server, object_info: dict[str, Any]) -> None:
+    workflow = load_workflow(REPO / "workflows" / "facemagic_single_photo_swap.json")
+    for node in workflow["nodes"]:
+        if node["type"] == "FaceMagicGeneratorLoader":
+            node["widgets_values"][0] = "hyperswap_1a_256"  # not in the folder, and downloads are off
+    entry = server.run(ui_to_api(workflow, object_info))
+    assert entry["status"]["status_str"] == "error"
+    text = _error_text(entry)
+    assert "ModelNotFoundError" in text and "hyperswap_1a_256" in text and "facemagic" in text
+
+
+def test_cancel_stops_a_long_swap(server: Server, object_info: dict[str, Any]) -> None:
+    workflow = load_workflow(REPO / "workflows" / "facemagic_single_photo_swap.json")
+    prompt = ui_to_api(workflow, object_info)
+    repeat = {"class_type": "RepeatImageBatch", "inputs": {"image": None, "amount": 400}}
+    swap_id = next(key for key, node in prompt.items() if node["class_type"] == "FaceMagicSwap")
+    repeat["inputs"]["image"] = prompt[swap_id]["inputs"]["images"]
+    prompt["9001"] = repeat
+    prompt[swap_id]["inputs"]["images"] = ["9001", 0]
+    queued = server.post("/prompt", {"prompt": prompt, "client_id": "facemagic-tests"})
+    prompt_id = queued["prompt_id"]
+    deadline = time.monotonic() + 120
+    while "FaceMagic swap" not in server.log_text() and time.monotonic() < deadline:
+        progress = server.get("/queue")
+        if progress["queue_running"]:
+            time.sleep(1.0)
+            break
+        time.sleep(0.2)
+    time.sleep(2.0)  # inside the swap's chunks by now
+    started = time.monotonic()
+    server.post("/interrupt", {})
+    while time.monotonic() < started + 60:
+        history = server.get(f"/history/{prompt_id}")
+        if prompt_id in history:
+            break
+        time.sleep(0.2)
+    stopped_after = time.monotonic() - started
+    entry = server.get(f"/history/{prompt_id}")[prompt_id]
+    messages = [message[0] for message in entry["status"]["messages"]]
+    assert "execution_interrupted" in messages, messages
+    assert stopped_after < 30, f"the swap took {stopped_after:.1f} s to stop"
+
+
+def test_images_keep_their_batch_and_size(server: Server, object_info: dict[str, Any]) -> None:
+    """A grey (one-channel) PNG target goes through: converted to RGB at the node boundary."""
+    grey = (bright_cell_image([(4, 5, 235)], 320)[:, :, 0]).astype(np.uint8)
+    cv2.imwrite(str(server.base / "input" / "facemagic_grey.png"), grey)
+    workflow = load_workflow(REPO / "workflows" / "facemagic_single_photo_swap.json")
+    for node in workflow["nodes"]:
+        if node["type"] == "LoadImage" and node.get("title", "").startswith("Target"):
+            node["widgets_values"][0] = "facemagic_grey.png"
+    entry = server.run(ui_to_api(workflow, object_info))
+    assert entry["status"]["status_str"] == "success", _error_text(entry)
+    [saved] = [path for path in _check_outputs(server, entry) if "swap" in path.name]
+    picture = cv2.imread(str(saved))
+    assert picture.shape == (320, 320, 3)
