@@ -479,42 +479,21 @@ def paste_back(
     stacked = torch.cat([crops.to(device=device, dtype=compute), masks.to(device=device, dtype=compute)], dim=1)
     warped = warp_affine(stacked, crop_to_region, (region_h, region_w))  # (B, 4, Rh, Rw)
 
-    # Flat frame positions of every region pixel, and which of them are inside the face's own clipped region.
-    on_device = regions.to(device)
-    rows = torch.arange(region_h, device=device)
-    cols = torch.arange(region_w, device=device)
-    ys = on_device[:, 1, None] + rows[None]  # (B, Rh)
-    xs = on_device[:, 0, None] + cols[None]  # (B, Rw)
-    valid = (ys < on_device[:, 3, None])[:, :, None] & (xs < on_device[:, 2, None])[:, None, :]  # (B, Rh, Rw)
-    frame_of = index.to(device)
-    pixel = frame_of[:, None, None] * (height * width) + ys[:, :, None] * width + xs[:, None, :]  # (B, Rh, Rw)
-    face_mask = warped[:, 3] * valid  # (B, Rh, Rw); 0 outside the face's region
-    face_mask = face_mask.clamp(0.0, 1.0)
-
-    # The frame mask: maximum of the face masks (order does not matter).
-    frame_masks.scatter_reduce_(0, pixel[valid], face_mask[valid], reduce="amax")
-
-    # Composite in rounds: round r takes the r-th face of every frame, so no pixel is written twice per round.
-    rank = torch.zeros(batch, dtype=torch.long)
-    seen: dict[int, int] = {}
-    for face, frame in enumerate(index.tolist()):
-        rank[face] = seen.get(frame, 0)
-        seen[frame] = int(rank[face]) + 1
-    flat = output.view(-1)
-    channel_offset = (torch.arange(channels, device=device) * (height * width))[:, None]  # (C, 1)
-    frame_offset = (frame_of * ((channels - 1) * height * width))[:, None, None]  # frames hold C planes each
-    for round_index in range(int(rank.max()) + 1):
-        chosen = torch.nonzero(rank == round_index).flatten().to(device)
-        keep = valid[chosen] & (face_mask[chosen] > 0)
-        if not bool(keep.any()):
+    # Composite face by face, in batch order (a later face of a frame covers an earlier one), each into its own
+    # region of its frame through views: a few elementwise operations on the region, no gathers or scatters.
+    planes = frame_masks.view(num_frames, height, width)
+    for face, (x0, y0, x1, y1) in enumerate(regions.tolist()):
+        rows, cols = y1 - y0, x1 - x0
+        if rows <= 0 or cols <= 0:
             continue
-        base = (pixel[chosen] + frame_offset[chosen])[keep]  # (P,) position of channel 0
-        positions = base[None, :] + channel_offset  # (C, P)
-        weight = face_mask[chosen][keep][None, :]  # (1, P)
-        colour = warped[chosen, :channels].permute(1, 0, 2, 3)[:, keep]  # (C, P)
-        original = flat[positions]
-        blended = (original.to(compute) + weight * (colour - original.to(compute))).to(frames.dtype)
-        flat[positions] = torch.where(weight >= 1.0, colour.to(frames.dtype), blended)
+        frame = int(index[face])
+        weight = warped[face, channels, :rows, :cols].clamp(0.0, 1.0)  # (h, w)
+        colour = warped[face, :channels, :rows, :cols]  # (C, h, w)
+        region = output[frame, :, y0:y1, x0:x1]  # a view into the output frame
+        original = region.to(compute)
+        blended = (original + weight * (colour - original)).to(frames.dtype)
+        region.copy_(torch.where(weight >= 1.0, colour.to(frames.dtype), torch.where(weight > 0, blended, region)))
+        torch.maximum(planes[frame, y0:y1, x0:x1], weight, out=planes[frame, y0:y1, x0:x1])  # frame mask = max
     logger.debug("pasted %d faces into %d frames (regions up to %dx%d)", batch, num_frames, region_w, region_h)
     return output, frame_masks.reshape(num_frames, height, width).to(frames.dtype)
 
