@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,23 @@ def test_push_to_hub_uploads_the_checkpoint(trained_run: Path, monkeypatch: pyte
     assert set(upload["allow_patterns"]) == {"config.json", "model.safetensors", "README.md"}
     with pytest.raises(BadInputError, match="not a Hub repository id"):
         publish.push_to_hub(folder, "no-owner")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_and_their_scaler_state(
+    precision: str, cache: FaceCache, models: tuple[RecognizerTeacher, LandmarkTeacher], tmp_path: Path
+) -> None:
+    """The autocast paths (bf16; fp16 with a GradScaler) on the CPU, where torch supports both."""
+    config = tiny_config(steps=2, batch_size=4, precision=precision, sample_every=100, checkpoint_every=100)
+    trainer = Trainer(config, cache, tmp_path / "run", recognizer=models[0], landmarks=models[1], device="cpu")
+    summary = trainer.train()
+    assert summary.last_step == 2 and all(math.isfinite(value) for value in summary.last_losses.values())
+    assert trainer.generator_scaler.is_enabled() == (precision == "fp16")
+    assert next(trainer.generator.parameters()).dtype == torch.float32  # master weights stay fp32
+    resumed = Trainer(
+        dataclasses.replace(config, steps=3), cache, tmp_path / "run", recognizer=models[0], landmarks=models[1],
+        device="cpu", resume=True,
+    )  # fmt: skip
+    if precision == "fp16":
+        assert resumed.generator_scaler.get_scale() == trainer.generator_scaler.get_scale()
+    assert resumed.train().last_step == 3
