@@ -17,7 +17,7 @@ from facemagic_core.analysis import FaceAnalyzer
 from facemagic_core.errors import BadInputError
 from facemagic_core.images import load_image
 from facemagic_core.training.data import FaceCache
-from facemagic_core.training.prepare import collect_photos, prepare_dataset, read_manifest
+from facemagic_core.training.prepare import collect_photos, prepare_dataset, read_manifest, read_records
 
 SIZE = 64
 PEOPLE = {"alice": ["anni.jpg", "zhuyin.jpg"], "bob": ["arnold.jpg", "elon.webp"]}
@@ -58,8 +58,10 @@ def test_prepare_writes_shards_and_manifest(analyzer: FaceAnalyzer, data_dir: Pa
     assert manifest["persons"] == ["alice", "bob"] and manifest["layout"] == "per_person"
     assert (manifest["image_size"], manifest["template"], manifest["num_faces"]) == (SIZE, "arcface", 4)
     assert [shard["faces"] for shard in manifest["shards"]] == [3, 1]
-    assert manifest["files"]["bob/broken.jpg"]["status"] == "unreadable"
-    assert manifest["files"]["bob/wall.png"] == {"status": "no_face", "reason": "no face found"}
+    records = read_records(cache)
+    assert len(records) == 6 and manifest["records"] == ["records_00000.json", "records_00001.json"]
+    assert records["bob/broken.jpg"]["status"] == "unreadable"
+    assert records["bob/wall.png"] == {"status": "no_face", "reason": "no face found"}
     assert manifest["unreadable"][0]["file"] == "bob/broken.jpg"
 
     shard = load_file(str(cache / "shard_00000.safetensors"))
@@ -70,7 +72,8 @@ def test_prepare_writes_shards_and_manifest(analyzer: FaceAnalyzer, data_dir: Pa
     template = torch.from_numpy(face_template("arcface", SIZE))
     assert float((shard["landmarks_5"] - template).abs().max()) < 4.0
     # the stored embedding is the analyzer's embedding of that photo's face
-    record = manifest["files"]["bob/arnold.jpg"]
+    record = records["bob/arnold.jpg"]
+    assert record["shard"] == 0 and record["person"] == 1
     faces = analyzer.analyze(load_image(data_dir / "bob" / "arnold.jpg"))[0]
     largest = max(faces, key=lambda face: face.size)
     np.testing.assert_allclose(shard["embeddings"][record["rows"][0]].numpy(), largest.embedding, rtol=1e-5)

@@ -14,7 +14,7 @@ from .data import FaceCache, PairIndices, PairSampler, TrainingBatch, load_batch
 from .discriminator import MultiScaleDiscriminator
 from .distill import DistillTeacher
 from .onnx_graph import OnnxGraphModule, check_against_onnxruntime
-from .prepare import PrepareSummary, collect_photos, prepare_dataset, read_manifest
+from .prepare import PrepareSummary, collect_photos, prepare_dataset, read_manifest, read_records
 from .publish import push_to_hub, write_model_card
 from .teachers import LandmarkTeacher, RecognizerTeacher, load_landmark_model, load_recognizer
 from .trainer import Trainer, TrainSummary, read_losses
@@ -45,5 +45,6 @@ __all__ = [
     "push_to_hub",
     "read_losses",
     "read_manifest",
+    "read_records",
     "write_model_card",
 ]

@@ -7,13 +7,16 @@ Layout of a cache folder::
     shard_00001.safetensors       #   (not normalised), landmarks_5 float32 (N, 5, 2) in crop
     ...                           #   pixels, person_ids int64 (N,) (-1: unlabelled), and
                                   #   landmarks float32 (N, P, 2) when the analyzer has a dense model
+    records_00000.json            # the photos processed with each shard: rows, or no_face / unreadable
 
 Photos come from ``DATA_DIR``: with ``layout="per_person"`` every sub-folder is one person
 (VGGFace2, CelebA-by-identity), with ``"flat"`` every photo under the folder is unlabelled,
 ``"auto"`` picks per_person when the folder holds sub-folders with photos and no photos of its
-own. The manifest records every photo that was processed (its shard rows, or "no_face", or
-"unreadable" with the reason), so a second run skips them and only adds the new ones: the
-work is resumable at shard granularity, and a broken file never stops it.
+own. Every photo that was processed is recorded (its shard rows, or "no_face", or
+"unreadable" with the reason) in the records file written with its shard, which the manifest
+lists (so the manifest stays small for millions of photos); a second run skips recorded
+photos and only adds the new ones: the work is resumable at shard granularity, and a broken
+file never stops it.
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def _new_manifest(
         "layout": layout,
         "persons": [],
         "shards": [],
-        "files": {},
+        "records": [],
         "unreadable": [],
         "num_faces": 0,
     }
@@ -256,12 +259,37 @@ def _flush(buffer: _Buffer, manifest: dict[str, Any], cache_dir: Path) -> bool:
                 record["shard"] = index
                 record["rows"] = [offset + record["rows"][0], offset + record["rows"][1]]
         wrote = True
+    if buffer.records:
+        name = f"records_{len(manifest['records']):05d}.json"
+        atomic_write_bytes(cache_dir / name, (json.dumps(buffer.records, indent=0) + "\n").encode("utf-8"))
+        manifest["records"].append(name)
     for photo, record in buffer.records.items():
-        manifest["files"][photo] = record
         if record["status"] == "unreadable":
             manifest["unreadable"].append({"file": photo, "reason": record["reason"]})
     write_manifest(cache_dir, manifest)
     return wrote
+
+
+def read_records(cache_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Every processed photo of a cache: ``{photo: record}``.
+
+    A record is ``{"status": "ok", "shard", "rows": [first, end), "person"}``, or status
+    ``"no_face"`` / ``"unreadable"`` with a ``"reason"``.
+    """
+    folder = Path(cache_dir)
+    manifest = read_manifest(folder)
+    records: dict[str, dict[str, Any]] = {}
+    for name in manifest["records"] if manifest is not None else []:
+        path = folder / name
+        try:
+            records.update(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ModelIntegrityError(
+                f"a records file of the cache cannot be read ({error})",
+                where=str(path),
+                fix="delete the cache folder and run 'facemagic prepare' again",
+            ) from error
+    return records
 
 
 def prepare_dataset(
@@ -306,7 +334,8 @@ def prepare_dataset(
         _check_resumable(manifest, image_size, template, analyzer.embedding_model, target)
     persons: list[str] = manifest["persons"]
     person_index = {name: number for number, name in enumerate(persons)}
-    pending = [photo for photo in photos if photo.relative_path not in manifest["files"]]
+    recorded = read_records(target)
+    pending = [photo for photo in photos if photo.relative_path not in recorded]
     logger.info(
         "preparing %d photo(s) of %s (%d already in %s)", len(pending), source, len(photos) - len(pending), target
     )
