@@ -531,6 +531,7 @@ class Trainer:
             "step": self.step,
             "config": self.config.to_dict(),
             "num_faces": len(self.cache),
+            "distilling": self.distilling,
             "generator": self.generator.state_dict(),
             "ema": self.ema.state_dict(),
             "generator_optimizer": self.generator_optimizer.state_dict(),
@@ -580,6 +581,13 @@ class Trainer:
                 f"the run was trained on a cache of {state['num_faces']} faces, this one has {len(self.cache)}",
                 where=str(self.cache.folder),
                 fix="resume with the same --data folder",
+            )
+        if bool(state.get("distilling", False)) != self.distilling:
+            started = "with --distill-from" if state.get("distilling") else "without --distill-from"
+            raise BadInputError(
+                f"the run was started {started}",
+                where=str(path),
+                fix="resume it the way it was started (the same --distill-from, or none)",
             )
         self.generator.load_state_dict(state["generator"])
         self.ema.load_state_dict(state["ema"])
