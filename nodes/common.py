@@ -8,7 +8,10 @@ from ._comfy import get_torch_device, io
 from .sockets import Analyzer, Generator, IdentitySocket
 
 CATEGORY = "FaceMagic"
-DEVICES = ("auto", "cpu", "cuda", "mps", "tensorrt", "rocm", "directml", "coreml")
+#: Devices for ONNX models (the analyzer): each asks onnxruntime for that execution provider.
+ONNX_DEVICES = ("auto", "cpu", "cuda", "tensorrt", "rocm", "directml", "coreml")
+#: Devices for swap generators: torch devices (ONNX swappers use the matching onnxruntime provider).
+TORCH_DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_TOOLTIP = (
     "Where the model runs. auto: the device ComfyUI uses (its --cpu / --cuda-device settings apply). "
     "ONNX models ask onnxruntime for the matching provider and say so in the log when they fall back to the CPU."

@@ -10,7 +10,7 @@ from facemagic_core.hub import MODELS
 from facemagic_core.runtime import onnx_providers
 
 from ._comfy import io
-from .common import CATEGORY, DEVICE_TOOLTIP, DEVICES, node_id_of, resolve_device_choice
+from .common import CATEGORY, DEVICE_TOOLTIP, ONNX_DEVICES, TORCH_DEVICES, node_id_of, resolve_device_choice
 from .memory import manage_generator
 from .model_folder import ensure_registry_model, folder_holding, generator_choices, resolve_name
 from .progress import comfy_errors, comfy_progress
@@ -19,6 +19,8 @@ from .sockets import Analyzer, Generator
 AnalyzerModel = Literal["buffalo_l", "antelopev2", "yunet"]
 ANALYZER_MODELS: tuple[str, ...] = get_args(AnalyzerModel)
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+#: What a new generator loader offers first: the widely used public swapper.
+DEFAULT_GENERATOR = "inswapper_128"
 
 
 def load_analyzer(
@@ -60,7 +62,7 @@ class FaceMagicAnalyzerLoader(io.ComfyNode):
                     "choice). antelopev2: the same with a larger recogniser. yunet: OpenCV's light detector with "
                     "ArcFace w600k_r50. insightface models are for non-commercial research only.",
                 ),
-                io.Combo.Input("device", options=list(DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
+                io.Combo.Input("device", options=list(ONNX_DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
                 io.Int.Input(
                     "det_size",
                     default=640,
@@ -108,12 +110,12 @@ class FaceMagicGeneratorLoader(io.ComfyNode):
                 io.Combo.Input(
                     "model",
                     options=choices,
-                    default=choices[0] if choices else None,
+                    default=DEFAULT_GENERATOR if DEFAULT_GENERATOR in choices else (choices[0] if choices else None),
                     tooltip="Registry models first (inswapper_128, hyperswap_1a_256...), then the .onnx files and "
                     "native generator folders found in models/facemagic. Inswapper-style ONNX files run as a native "
                     "torch module when the conversion matches onnxruntime, which adds per-block identity mixing.",
                 ),
-                io.Combo.Input("device", options=list(DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
+                io.Combo.Input("device", options=list(TORCH_DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
                 io.Combo.Input(
                     "dtype",
                     options=list(DTYPES),

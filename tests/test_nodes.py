@@ -393,3 +393,29 @@ def test_face_similarity_reads_out_per_image(
             face_order="largest",
             face_index=0,
         )
+
+
+def test_generator_loader_downloads_into_the_model_folder_with_progress(
+    nodes: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import comfy.utils
+    import folder_paths
+    from hub_server import FakeHub, point_hub_client_at
+
+    from facemagic_core.generators import GeneratorConfig, InswapperGenerator, export_inswapper_onnx
+
+    torch.manual_seed(2)
+    onnx_file = export_inswapper_onnx(
+        InswapperGenerator(GeneratorConfig.inswapper_layout(channels=4, image_size=128)), tmp_path / "served.onnx"
+    )
+    fresh = tmp_path / "facemagic"
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "facemagic", ([str(fresh)], {".onnx", ".json"}))
+    with FakeHub() as hub:
+        point_hub_client_at(hub.endpoint, monkeypatch)
+        hub.add_file("facefusion/models-3.0.0", "inswapper_128.onnx", onnx_file.read_bytes())
+        comfy.utils.PROGRESS_UPDATES.clear()
+        handle = nodes["FaceMagicGeneratorLoader"].run(model="inswapper_128", device="cpu", dtype="fp32")[0]
+    assert (fresh / "inswapper_128.onnx").read_bytes() == onnx_file.read_bytes()
+    assert handle.model.num_blocks == 6 and handle.managed  # converted to the native module, under ModelPatcher
+    size = onnx_file.stat().st_size
+    assert comfy.utils.PROGRESS_UPDATES and comfy.utils.PROGRESS_UPDATES[-1][1:] == (size, size)
