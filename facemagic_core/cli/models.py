@@ -26,9 +26,27 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_models_table() -> str:
+    """The registry as the rows of the README's models table (the README embeds this text verbatim)."""
+    from ..hub import MODELS
+
+    lines = []
+    for spec in MODELS.values():
+        repo_page = f"https://huggingface.co/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo_id}"
+        file = f"`{spec.filename}`" if spec.filename else "the files at the repository root"
+        local = f"`{spec.local_path}{'/' if spec.is_pack else ''}`"
+        unconfirmed = "" if spec.source_confirmed else " (source unconfirmed)"
+        source = f"{file} ([{spec.repo_id}]({repo_page})){unconfirmed}"
+        lines.append(f"| {spec.name} | {spec.kind} | {source} | {local} | {spec.licence} |")
+    return "\n".join(lines)
+
+
 def run_list(args: argparse.Namespace) -> int:
     from ..hub import MODELS, model_status
 
+    if args.markdown:
+        print(markdown_models_table())
+        return 0
     model_dir = _models_dir(args)
     rows = []
     for spec in MODELS.values():
@@ -131,6 +149,7 @@ def register(subparsers: Any) -> None:
 
     listing = actions.add_parser("list", help="the models FaceMagic knows, where they go, and which are present")
     add_model_options(listing)
+    listing.add_argument("--markdown", action="store_true", help="print the registry as Markdown table rows")
     listing.set_defaults(handler=run_list)
 
     download = actions.add_parser(
