@@ -51,7 +51,7 @@ from .common import (
 from .memory import GeneratorHandle
 from .progress import comfy_errors, comfy_progress
 from .sockets import Swap
-from .tensors import images_to_comfy, images_to_core, masks_to_comfy, masks_to_core
+from .tensors import as_image_batch, images_to_comfy, images_to_core, masks_to_comfy, masks_to_core
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,19 @@ class SwapChunk:
 class SwapData:
     """What travels through a ``FACEMAGIC_SWAP`` socket."""
 
-    frames: torch.Tensor  # (N, 3, H, W) float32 target frames on the CPU, never modified
+    images: torch.Tensor  # the target IMAGE [N, H, W, C] as ComfyUI gave it (not copied, never modified)
     chunks: tuple[SwapChunk, ...]
     analyzer: FaceAnalyzer  # the analyzer that found the faces (the pose check measures with it too)
     device: torch.device  # where the generator ran; later stages run there
     generator_name: str
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.images.shape[0])
+
+    def frames(self, start: int, stop: int) -> torch.Tensor:
+        """Target frames ``start .. stop - 1`` as a core ``(n, 3, H, W)`` batch (converted chunk by chunk)."""
+        return images_to_core(self.images[start:stop], where="target images")
 
     @property
     def num_faces(self) -> int:
@@ -286,8 +294,8 @@ class FaceMagicSwap(io.ComfyNode):
         no_face: str,
         reference: Identity | None = None,
     ) -> io.NodeOutput:
-        frames = images_to_core(images, where="target images").cpu()
-        total = int(frames.shape[0])
+        images = as_image_batch(images, where="target images")
+        total = int(images.shape[0])
         selection = _face_selection(face_order, face_index, reference)
         tracker = FaceTracker(SmoothingConfig.with_strength(smoothing)) if smoothing > 0 else None
         progress = comfy_progress(total, node_id=node_id_of(cls), what="swap")
@@ -295,7 +303,7 @@ class FaceMagicSwap(io.ComfyNode):
         with comfy_errors():
             model = generator.ready()
             for start in range(0, total, DEFAULT_CHUNK_SIZE):
-                part = frames[start : start + DEFAULT_CHUNK_SIZE]
+                part = images_to_core(images[start : start + DEFAULT_CHUNK_SIZE], where="target images")
                 batch = prepare_swap(
                     part,
                     analyzer,
@@ -313,7 +321,7 @@ class FaceMagicSwap(io.ComfyNode):
                 )
                 progress(min(start + DEFAULT_CHUNK_SIZE, total), total)
         data = SwapData(
-            frames=frames, chunks=tuple(chunks), analyzer=analyzer, device=model.device, generator_name=generator.name
+            images=images, chunks=tuple(chunks), analyzer=analyzer, device=model.device, generator_name=generator.name
         )
         logger.info(
             "FaceMagic swap: %d face(s) in %d frame(s) with %s; %d frame(s) without the face asked for",
@@ -424,7 +432,7 @@ class FaceMagicPoseCheck(io.ComfyNode):
         )
         progress = comfy_progress(len(swap.chunks), node_id=node_id_of(cls), what="pose check")
         checked: list[SwapChunk] = []
-        overlays: list[torch.Tensor] = []
+        debug = torch.empty((*swap.images.shape[:3], 3), dtype=torch.float32)
         with comfy_errors():
             for number, chunk in enumerate(swap.chunks):
                 pose = check_swap_pose(
@@ -435,16 +443,16 @@ class FaceMagicPoseCheck(io.ComfyNode):
                     policy=policy,  # type: ignore[arg-type]
                 )
                 checked.append(dataclasses.replace(chunk, pose=pose))
-                frames = swap.frames[chunk.start : chunk.start + chunk.batch.num_frames]
+                stop = chunk.start + chunk.batch.num_frames
+                frames = swap.frames(chunk.start, stop)
                 if chunk.batch.num_faces:
                     frames = draw_pose_overlay(frames, pose.target_landmarks, pose.result_landmarks, list(pose.reports))
-                overlays.append(frames)
+                debug[chunk.start : stop] = images_to_comfy(frames)
                 progress(number + 1, len(swap.chunks))
         data = dataclasses.replace(swap, chunks=tuple(checked))
         report = pose_report_text(data)
         failed = sum(not report.passed for report in data.pose_reports())
         logger.info("FaceMagic pose check: %d of %d face(s) failed", failed, data.num_faces)
-        debug = images_to_comfy(torch.cat(overlays)) if overlays else torch.zeros((1, 64, 64, 3))
         ui = {"facemagic_text": [report], "facemagic_pose": [{"faces": data.num_faces, "failed": failed}]}
         return io.NodeOutput(data, report, debug, ui=ui)
 
@@ -505,19 +513,19 @@ class FaceMagicBlend(io.ComfyNode):
         mask_input: torch.Tensor | None = None,
     ) -> io.NodeOutput:
         limit = masks_to_core(mask_input, where="limit mask") if mask_input is not None else None
-        if limit is not None and limit.shape[0] not in (1, swap.frames.shape[0]):
+        if limit is not None and limit.shape[0] not in (1, swap.num_frames):
             raise BadInputError(
-                f"{limit.shape[0]} masks for {swap.frames.shape[0]} frames",
+                f"{limit.shape[0]} masks for {swap.num_frames} frames",
                 where="limit mask",
                 fix="connect one mask per frame, or one mask for all frames",
             )
         progress = comfy_progress(len(swap.chunks), node_id=node_id_of(cls), what="blend")
-        images: list[torch.Tensor] = []
-        masks: list[torch.Tensor] = []
+        images = torch.empty((*swap.images.shape[:3], 3), dtype=torch.float32)
+        masks = torch.empty(tuple(swap.images.shape[:3]), dtype=torch.float32)
         with comfy_errors():
             for number, chunk in enumerate(swap.chunks):
                 stop = chunk.start + chunk.batch.num_frames
-                frames = swap.frames[chunk.start : stop].to(swap.device)
+                frames = swap.frames(chunk.start, stop).to(swap.device)
                 external = None
                 if limit is not None:
                     external = limit if limit.shape[0] == 1 else limit[chunk.start : stop]
@@ -535,10 +543,10 @@ class FaceMagicBlend(io.ComfyNode):
                     poisson=bool(poisson),
                     keep_faces=chunk.pose.keep_faces.to(swap.device) if chunk.pose is not None else None,
                 )
-                images.append(images_to_comfy(blended))
-                masks.append(masks_to_comfy(changed))
+                images[chunk.start : stop] = images_to_comfy(blended)
+                masks[chunk.start : stop] = masks_to_comfy(changed)
                 progress(number + 1, len(swap.chunks))
-        return io.NodeOutput(torch.cat(images), torch.cat(masks))
+        return io.NodeOutput(images, masks)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -613,14 +621,14 @@ class FaceMagicSwapFaces(io.ComfyNode):
         no_face: str,
         reference: Identity | None = None,
     ) -> io.NodeOutput:
-        frames = images_to_core(images, where="target images").cpu()
+        images = as_image_batch(images, where="target images")
+        total = int(images.shape[0])
         selection = _face_selection(face_order, face_index, reference)
         options = SwapOptions(
             face_order=selection["order"],
             face_index=selection["index"],
             reference=selection["reference"],
             strength=float(strength),
-            smoothing=SmoothingConfig.with_strength(smoothing) if smoothing > 0 else None,
             mask=mask,  # type: ignore[arg-type]
             erosion=float(erosion),
             feather=float(feather),
@@ -629,23 +637,42 @@ class FaceMagicSwapFaces(io.ComfyNode):
             pose_policy=pose_policy,  # type: ignore[arg-type]
             no_face=no_face,  # type: ignore[arg-type]
         )
-        progress = comfy_progress(int(frames.shape[0]), node_id=node_id_of(cls), what="swap")
+        tracker = FaceTracker(SmoothingConfig.with_strength(smoothing)) if smoothing > 0 else None
+        progress = comfy_progress(total, node_id=node_id_of(cls), what="swap")
+        swapped = torch.empty((*images.shape[:3], 3), dtype=torch.float32)
+        masks = torch.empty(tuple(images.shape[:3]), dtype=torch.float32)
+        counts: list[int] = []
+        without: list[int] = []
+        reports: list[PoseReport] = []
         with comfy_errors():
             model = generator.ready()
-            result = swap_faces(frames, identity, analyzer, model, options, progress)
-        lines = [
-            f"{sum(result.face_counts)} face(s) swapped in {len(result.face_counts)} frame(s) with {generator.name}"
-        ]
-        if result.frames_without_face:
-            shown = ", ".join(str(frame) for frame in result.frames_without_face[:20])
-            more = " ..." if len(result.frames_without_face) > 20 else ""
+            for start in range(0, total, DEFAULT_CHUNK_SIZE):  # one chunk of frames in memory at a time
+                stop = min(start + DEFAULT_CHUNK_SIZE, total)
+                result = swap_faces(
+                    images_to_core(images[start:stop], where="target images"),
+                    identity,
+                    analyzer,
+                    model,
+                    options,
+                    tracker=tracker,
+                    frame_offset=start,
+                    total_frames=total,
+                )
+                swapped[start:stop] = images_to_comfy(result.images)
+                masks[start:stop] = masks_to_comfy(result.masks)
+                counts.extend(result.face_counts)
+                without.extend(result.frames_without_face)
+                reports.extend(result.pose_reports)
+                progress(stop, total)
+        lines = [f"{sum(counts)} face(s) swapped in {total} frame(s) with {generator.name}"]
+        if without:
+            shown = ", ".join(str(frame) for frame in without[:20])
+            more = " ..." if len(without) > 20 else ""
             lines.append(f"frames without the face asked for (unchanged): {shown}{more}")
         if pose_check:
-            lines.append(format_pose_report(result.pose_reports) if result.pose_reports else "pose check: no faces")
+            lines.append(format_pose_report(reports) if reports else "pose check: no faces")
         report = "\n".join(lines)
-        return io.NodeOutput(
-            images_to_comfy(result.images), masks_to_comfy(result.masks), report, ui={"facemagic_text": [report]}
-        )
+        return io.NodeOutput(swapped, masks, report, ui={"facemagic_text": [report]})
 
 
 NODES: list[type[io.ComfyNode]] = [FaceMagicSwap, FaceMagicPoseCheck, FaceMagicBlend, FaceMagicSwapFaces]

@@ -17,8 +17,8 @@ from facemagic_core.errors import BadInputError
 logger = logging.getLogger(__name__)
 
 
-def images_to_core(images: torch.Tensor, *, where: str = "image") -> torch.Tensor:
-    """ComfyUI ``IMAGE [B, H, W, C]`` -> core ``(B, 3, H, W)`` float32 RGB (same device)."""
+def as_image_batch(images: torch.Tensor, *, where: str = "image") -> torch.Tensor:
+    """A ComfyUI ``IMAGE`` as ``[B, H, W, C]`` (a view, no copy), or ``BadInputError`` for anything else."""
     if not isinstance(images, torch.Tensor):
         raise BadInputError(
             f"expected an IMAGE tensor, got {type(images).__name__}",
@@ -31,6 +31,12 @@ def images_to_core(images: torch.Tensor, *, where: str = "image") -> torch.Tenso
         raise BadInputError(f"expected an IMAGE of shape [B, H, W, C], got {tuple(images.shape)}", where=where)
     if images.shape[0] == 0:
         raise BadInputError("the image batch is empty", where=where, fix="connect a batch with at least one image")
+    return images
+
+
+def images_to_core(images: torch.Tensor, *, where: str = "image") -> torch.Tensor:
+    """ComfyUI ``IMAGE [B, H, W, C]`` -> core ``(B, 3, H, W)`` float32 RGB (same device)."""
+    images = as_image_batch(images, where=where)
     channels = int(images.shape[-1])
     if channels == 4:
         logger.info("%s: RGBA images, the alpha channel is dropped", where)

@@ -14,7 +14,7 @@ _interrupt_lock = threading.RLock()
 _interrupt_processing = False
 
 
-class InterruptProcessingException(Exception):
+class InterruptProcessingException(BaseException):  # BaseException in current ComfyUI, Exception in 0.3.6x
     pass
 
 
