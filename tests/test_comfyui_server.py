@@ -8,9 +8,11 @@ Runs when ``COMFYUI_PATH`` points to a ComfyUI checkout (skipped with the reason
     python -m pytest tests/test_comfyui_server.py
 
 The server starts with ``--cpu --base-directory <tmp>``: the pack is linked into
-``<tmp>/custom_nodes``, tiny models go into ``<tmp>/models/facemagic`` (a tiny buffalo_l pack and
-a tiny inswapper-layout ``inswapper_128.onnx``), test pictures and a short video into
-``<tmp>/input``. Downloads are switched off (``HF_HUB_OFFLINE=1``).
+``<tmp>/custom_nodes``, test pictures and a short video go into ``<tmp>/input``. The tiny
+models (a tiny buffalo_l pack and a tiny inswapper-layout ``inswapper_128.onnx``) go into
+``<tmp>/shared/facemagic``, a folder given to ComfyUI through an ``extra_model_paths.yaml``
+(``--extra-model-paths-config``), the way people share model folders. Downloads are switched
+off (``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
@@ -133,8 +135,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
-    _write_models(base / "models" / "facemagic")
+    shared = base / "shared"
+    _write_models(shared / "facemagic")
     _write_inputs(base / "input")
+    config = base / "extra_model_paths.yaml"
+    config.write_text(f"facemagic_tests:\n    base_path: {shared}\n    facemagic: facemagic\n", encoding="utf-8")
     port = _free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     extra = os.environ.get("COMFYUI_PYTHONPATH")
@@ -142,7 +147,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra, env.get("PYTHONPATH")]))
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     log = base / "server.log"
-    command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base)]
+    command = [
+        python,
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-directory",
+        str(base),
+        "--extra-model-paths-config",
+        str(config),
+    ]
     with open(log, "wb") as stream:
         process = subprocess.Popen(command, cwd=comfy, env=env, stdout=stream, stderr=subprocess.STDOUT)
     running = Server(url=f"http://127.0.0.1:{port}", base=base, log=log, process=process)
@@ -239,8 +256,8 @@ def test_example_workflow_runs_to_completion(server: Server, object_info: dict[s
     assert entry["status"]["status_str"] == "success", _error_text(entry)
     files = _check_outputs(server, entry)
     if name == "facemagic_save_and_reuse_identity":
-        saved = server.base / "models" / "facemagic" / "identities" / "my_person.safetensors"
-        assert saved.is_file()
+        saved = server.base / "shared" / "facemagic" / "identities" / "my_person.safetensors"
+        assert saved.is_file()  # in the folder extra_model_paths.yaml gave, the first of the facemagic folders
         assert files == []  # the reuse half is muted on the first run
         every = [node["id"] for node in workflow["nodes"] if node["type"] not in FRONTEND_ONLY_NODES]
         second = server.run(ui_to_api(workflow, object_info, unmute=every))
