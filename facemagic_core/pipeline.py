@@ -7,10 +7,14 @@ Stage functions, in pipeline order (the ComfyUI nodes call these; :func:`swap_fa
         # per frame, the chosen faces in selection order, each with its raw recogniser embedding
     FaceTracker(config: SmoothingConfig).smooth(faces_per_frame) -> list[list[Face]]
         # optional, for videos: One-Euro smoothing of the landmarks_5 that drive alignment, per tracked face
-    align_target_faces(images, faces_per_frame, generator, *, weave=1, no_face="error", frame_offset=0) -> SwapBatch
-    prepare_swap(images, analyzer, generator, *, order, index, reference, min_similarity, dense_landmarks,
-                 tracker=None, weave=1, no_face="error", frame_offset=0) -> SwapBatch
+    align_target_faces(images, faces_per_frame, generator, *, weave=1, no_face="error", frame_offset=0,
+                       total_frames=None) -> SwapBatch
+    prepare_swap(images, analyzer, generator, *, order="largest", index=0, reference=None, min_similarity=None,
+                 dense_landmarks=False, tracker=None, weave=1, no_face="error", frame_offset=0,
+                 total_frames=None) -> SwapBatch
         # = select_target_faces -> tracker.smooth -> align_target_faces
+    check_identity(identity, generator, *, where="identity") -> None
+        # IncompatibleIdentityError unless the identity's recogniser and size fit the generator
     forward_swap(batch, generator, identities, strength=1.0) -> SwapOutput
         # swapped crops (F, 3, C, C) in [0, 1] (+ the generator's soft mask or None)
     check_swap_pose(batch, swapped, analyzer, *, thresholds=None, policy="keep") -> PoseCheck
@@ -18,9 +22,9 @@ Stage functions, in pipeline order (the ComfyUI nodes call these; :func:`swap_fa
     blend_swap(frames, batch, swapped, *, mask="ellipse", erosion=0.05, feather=0.1, external_mask=None,
                generator_mask=True, colour="none", poisson=False, keep_faces=None) -> tuple[Tensor, Tensor]
         # (frames (N, 3, H, W), masks (N, H, W)), new tensors
-    swap_faces(images, identities, analyzer, generator, options=SwapOptions(), progress=None, *,
-               tracker=None, external_mask=None, frame_offset=0) -> SwapResult
-    swap_video(source, output, identities, analyzer, generator, options=SwapOptions(), progress=None, *,
+    swap_faces(images, identities, analyzer, generator, options=None, progress=None, *,
+               tracker=None, external_mask=None, frame_offset=0, total_frames=None) -> SwapResult
+    swap_video(source, output, identities, analyzer, generator, options=None, progress=None, *,
                max_frames=None, on_result=None) -> VideoSwapSummary
 
 Layout: frames are ``(N, 3, H, W)`` float RGB in [0, 1]; ``F`` faces are numbered frame by

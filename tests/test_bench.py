@@ -16,7 +16,9 @@ def test_inswapper_flop_count_matches_the_public_model() -> None:
 
 
 def test_benchmark_table_and_comparable_outputs(clip_path: Path, yunet_path: Path) -> None:
-    config = BenchConfig(clip=clip_path, frames=2, height=240, width=4, device="cpu", chunk=2, detector=yunet_path)
+    config = BenchConfig(
+        clip=clip_path, frames=2, height=240, width=4, device="cpu", chunk=2, detector=yunet_path, repeats=2
+    )
     result = run_benchmark(config)
     assert result.frames == 2 and result.faces == 2 and result.frame_size == (240, 272)
     assert result.pipeline_images.shape == (2, 3, 240, 272) and result.baseline_images.shape == (2, 240, 272, 3)
@@ -26,7 +28,7 @@ def test_benchmark_table_and_comparable_outputs(clip_path: Path, yunet_path: Pat
     table = format_table(result)
     lines = table.splitlines()
     assert lines[0] == "FaceMagic swap benchmark"
-    for label in ("device", "versions", "clip", "generator", "pipeline", "baseline", "detector"):
+    for label in ("device", "versions", "clip", "generator", "pipeline", "baseline", "detector", "timing"):
         assert any(line.strip().startswith(label) for line in lines), label
     assert "CPU" in table and "torch" in table and "onnxruntime" in table
     assert "width C=4" in table and "REDUCED" in table and "349 GFLOP" in table
@@ -51,7 +53,7 @@ def test_benchmark_table_and_comparable_outputs(clip_path: Path, yunet_path: Pat
 
 
 def test_bench_command_prints_the_table(clip_path: Path, yunet_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["bench", "--clip", str(clip_path), "--frames", "1", "--height", "120", "--width", "2"]
+    args = ["bench", "--clip", str(clip_path), "--frames", "1", "--height", "120", "--width", "2", "--repeats", "1"]
     assert main([*args, "--device", "cpu", "--yunet", str(yunet_path), "--markdown"]) == 0
     printed = capsys.readouterr().out
     assert "| paste-back |" in printed and "speed-up" in printed and "outputs: the two paths differ by" in printed

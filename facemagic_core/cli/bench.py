@@ -67,6 +67,7 @@ class BenchConfig:
     dtype: str = "fp32"  # pipeline generator precision (the baseline's ONNX file is fp32)
     chunk: int = 8  # frames per pipeline chunk
     detector: Path | None = None  # YuNet file; None: ../shared/models, else the registry's
+    repeats: int = 3  # each path runs this many times, alternating; the fastest run of each is reported
     model_dir: Path = DEFAULT_MODEL_DIR
     seed: int = 0
 
@@ -272,8 +273,8 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     from ..runtime import create_session, onnx_providers, resolve_device, resolve_dtype
 
     say = progress or (lambda text: None)
-    if config.frames < 1 or config.chunk < 1 or config.height < 64:
-        raise BadInputError("frames and chunk must be at least 1 and the height at least 64", where="bench")
+    if config.frames < 1 or config.chunk < 1 or config.repeats < 1 or config.height < 64:
+        raise BadInputError("frames, chunk and repeats must be at least 1 and the height at least 64", where="bench")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     width = config.width or (FULL_WIDTH if device.type == "cuda" else CPU_WIDTH)
@@ -319,12 +320,21 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     say("warming up both paths on one frame")
     _run_pipeline(frames[:1], faces[:1], identity, generator, config.chunk)
     _run_baseline(frames_bgr[:1], faces[:1], source, emap, session, config.image_size)
-    say("timing the pipeline")
-    pipeline, images, masks = _run_pipeline(frames[1:], faces[1:], identity, generator, config.chunk)
-    say("timing the baseline")
-    baseline, baseline_images, baseline_masks = _run_baseline(
-        frames_bgr[1:], faces[1:], source, emap, session, config.image_size
-    )
+    # Alternate the paths and keep each one's fastest run: other work on the machine slows single runs at random.
+    best_pipeline: tuple[PathTimes, torch.Tensor, torch.Tensor] | None = None
+    best_baseline: tuple[PathTimes, npt.NDArray[np.uint8], npt.NDArray[np.float32]] | None = None
+    for repeat in range(config.repeats):
+        say(f"timing the pipeline and the baseline, run {repeat + 1} of {config.repeats}")
+        ours = _run_pipeline(frames[1:], faces[1:], identity, generator, config.chunk)
+        if best_pipeline is None or ours[0].swap < best_pipeline[0].swap:
+            best_pipeline = ours
+        theirs = _run_baseline(frames_bgr[1:], faces[1:], source, emap, session, config.image_size)
+        if best_baseline is None or theirs[0].swap < best_baseline[0].swap:
+            best_baseline = theirs
+    if best_pipeline is None or best_baseline is None:
+        raise BadInputError("repeats must be at least 1", where="bench")
+    pipeline, images, masks = best_pipeline
+    baseline, baseline_images, baseline_masks = best_baseline
     return BenchResult(
         config=config,
         device_name=device_name(device),
@@ -386,6 +396,7 @@ def format_table(result: BenchResult, *, markdown: bool = False) -> str:
             "numpy/OpenCV paste-back; same weights",
         ),
         ("detector", "YuNet (OpenCV), run once, shared by both paths"),
+        ("timing", f"each path run {config.repeats} times, alternating; the fastest run of each is shown"),
     ]
     per_frame = 1000.0 / n
     rows = [
@@ -475,6 +486,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16", "auto"),
                         help="pipeline generator precision (default: %(default)s; the baseline is fp32)")  # fmt: skip
     parser.add_argument("--chunk", type=int, default=8, help="frames per pipeline chunk (default: %(default)s)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per path, alternating; the fastest counts (default: %(default)s)"
+    )
     parser.add_argument("--yunet", type=Path, default=None, help="YuNet detector file (default: ../shared or registry)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for a README)")
     parser.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR, help="model folder (for YuNet)")
@@ -491,6 +505,7 @@ def run_bench(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         chunk=args.chunk,
+        repeats=args.repeats,
         detector=args.yunet,
         model_dir=args.models,
     )
