@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -196,3 +197,14 @@ def test_strength_zero_and_every_face(
         **SWAP_SETTINGS,
     )[0]
     assert reference.num_faces == 1
+
+
+def test_swap_refuses_an_analyzer_of_another_recogniser(
+    nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, target: torch.Tensor, identity_b: Identity
+) -> None:
+    other = copy.copy(analyzer)  # the same models, said to embed another recogniser's space
+    other.embedding_model = "arcface_glintr100"
+    with pytest.raises(IncompatibleIdentityError, match="analyzer's recogniser"):
+        nodes["FaceMagicSwap"].run(
+            images=target, identity=identity_b, generator=generator, analyzer=other, no_face="error", **SWAP_SETTINGS
+        )
