@@ -24,7 +24,7 @@ from facemagic_core.identity import (
     mix_per_block,
     save_identity,
 )
-from facemagic_core.types import FACE_ORDERS, Identity
+from facemagic_core.types import FACE_ORDERS, Face, Identity, ProgressCallback
 
 from ._comfy import io
 from .common import (
@@ -34,12 +34,13 @@ from .common import (
     face_order_input,
     generator_input,
     identity_input,
+    node_id_of,
 )
 from .memory import GeneratorHandle
 from .model_folder import identity_path_for_saving, list_identities, resolve_identity
-from .progress import comfy_errors
+from .progress import comfy_errors, comfy_progress
 from .sockets import IdentitySocket
-from .tensors import images_to_comfy, images_to_core
+from .tensors import as_image_batch, images_to_comfy, images_to_core
 
 logger = logging.getLogger(__name__)
 
@@ -387,12 +388,24 @@ class FaceMagicLoadIdentity(io.ComfyNode):
 
 
 MOST_SIMILAR = "most_similar"
+#: Images analysed at once by the similarity read-out (video frames come in long batches).
+SIMILARITY_CHUNK = 8
 
 
 def measure_similarity(
-    analyzer: FaceAnalyzer, images: torch.Tensor, identity: Identity, *, face_order: str, face_index: int
+    analyzer: FaceAnalyzer,
+    images: torch.Tensor,
+    identity: Identity,
+    *,
+    face_order: str,
+    face_index: int,
+    progress: ProgressCallback | None = None,
 ) -> tuple[list[float | None], str]:
-    """Cosine similarity of the chosen face of every image to ``identity``, and a readable report."""
+    """Cosine similarity of the chosen face of every image to ``identity``, and a readable report.
+
+    ``images`` is a ComfyUI IMAGE; it is converted and analysed :data:`SIMILARITY_CHUNK` images at a
+    time (video frames), calling ``progress(done, total)`` after each chunk.
+    """
     if identity.embedding_model != analyzer.embedding_model:
         raise IncompatibleIdentityError(
             f"the identity was made with {identity.embedding_model} but the analyzer's recogniser is "
@@ -404,7 +417,14 @@ def measure_similarity(
     by_similarity = face_order == MOST_SIMILAR
     values: list[float | None] = []
     lines = []
-    for number, faces in enumerate(analyzer.analyze(images, landmarks=False, embeddings=True)):
+    total = int(images.shape[0])
+    per_image: list[list[Face]] = []
+    for start in range(0, total, SIMILARITY_CHUNK):
+        chunk = images_to_core(images[start : start + SIMILARITY_CHUNK], where="images")
+        per_image.extend(analyzer.analyze(chunk, landmarks=False, embeddings=True))
+        if progress is not None:
+            progress(min(start + SIMILARITY_CHUNK, total), total)
+    for number, faces in enumerate(per_image):
         chosen = select_faces(
             faces,
             order="largest" if by_similarity else face_order,  # type: ignore[arg-type]
@@ -466,10 +486,11 @@ class FaceMagicFaceSimilarity(io.ComfyNode):
     def execute(
         cls, analyzer: FaceAnalyzer, images: torch.Tensor, identity: Identity, face_order: str, face_index: int
     ) -> io.NodeOutput:
-        pictures = images_to_core(images, where="images")
+        pictures = as_image_batch(images, where="images")
+        progress = comfy_progress(int(pictures.shape[0]), node_id=node_id_of(cls), what="face similarity")
         with comfy_errors():
             values, report = measure_similarity(
-                analyzer, pictures, identity, face_order=face_order, face_index=face_index
+                analyzer, pictures, identity, face_order=face_order, face_index=face_index, progress=progress
             )
         found = [value for value in values if value is not None]
         mean = float(sum(found) / len(found)) if found else 0.0

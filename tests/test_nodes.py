@@ -375,9 +375,13 @@ def test_face_similarity_reads_out_per_image(
     identity_a: Identity,
     identity_b: Identity,
 ) -> None:
+    import comfy.utils
+
     node = nodes["FaceMagicFaceSimilarity"]
     images = torch.cat([person_a, person_b, comfy_image([])])
+    comfy.utils.PROGRESS_UPDATES.clear()
     output = node.run(analyzer=analyzer, images=images, identity=identity_a, face_order="most_similar", face_index=0)
+    assert [update[1:] for update in comfy.utils.PROGRESS_UPDATES] == [(3, 3)]
     similarity, report = output.args
     expected_b = float(cosine_similarity(identity_b, identity_a))
     assert similarity == pytest.approx((1.0 + expected_b) / 2, abs=1e-4)
