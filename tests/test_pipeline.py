@@ -376,3 +376,39 @@ def test_options_are_checked() -> None:
     assert dataclasses.replace(SwapOptions(), face_index=None).face_index is None
     with pytest.raises(BadInputError, match="1 face lists for 2 frames"):
         align_target_faces(torch.zeros(2, 3, 64, 64), [[]], FakeSwapper())
+
+
+class DenseLandmarkAnalyzer:
+    """Finds one face in the middle of every picture, with 106 fixed landmarks (a stand-in for 2d106det)."""
+
+    embedding_model = MODEL
+    has_dense_landmarks = True
+
+    def __init__(self, pattern: np.ndarray) -> None:
+        self.pattern = pattern  # (106, 2) as fractions of the picture side
+
+    def analyze(self, images: torch.Tensor, *, landmarks: bool = True, embeddings: bool = True) -> list[list[Face]]:
+        side = images.shape[-1]
+        points = (self.pattern * side).astype(np.float32)
+        box = np.array([side * 0.3, side * 0.3, side * 0.7, side * 0.7], np.float32)
+        five = points[[38, 88, 86, 52, 61]]
+        return [
+            [Face(bbox=box, score=0.9, landmarks_5=five, image_index=i, landmarks=points)] for i in range(len(images))
+        ]
+
+    def embed_faces(self, images: torch.Tensor, faces: list[Face]) -> list[Face]:
+        return [dataclasses.replace(face, embedding=np.ones(512, np.float32)) for face in faces]
+
+
+def test_pose_check_uses_dense_landmarks_and_maps_them_to_the_frame(portrait: torch.Tensor) -> None:
+    rng = np.random.default_rng(0)
+    pattern = 0.35 + 0.3 * rng.random((106, 2))
+    analyzer = DenseLandmarkAnalyzer(pattern)
+    batch = prepare_swap(portrait, analyzer, FakeSwapper())
+    check = check_swap_pose(batch, batch.crops.clone(), analyzer)
+    assert check.target_landmarks.shape == check.result_landmarks.shape == (1, 106, 2)
+    assert check.reports[0].passed and check.reports[0].nme == pytest.approx(0.0, abs=1e-6)
+    # The canvas is twice the crop, the crop in its middle: canvas point p is crop point p - 64, then crop -> frame.
+    crop_points = torch.from_numpy(pattern * 256 - 64)[None]
+    expected = transform_points(crop_points, invert_affine(batch.matrices.double()))[0].numpy()
+    np.testing.assert_allclose(check.target_landmarks[0], expected, atol=1e-3)
