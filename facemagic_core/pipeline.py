@@ -484,7 +484,7 @@ def _no_face_error(frames: Sequence[int], frame_offset: int, total: int | None) 
     return NoFaceError(
         "no face was found (or not the face asked for)",
         where=_frame_label(first, total) + more,
-        fix="use frames where the face is clearly visible, check --face-index / the face order, "
+        fix="use frames where the face is clearly visible, check the face index and face order, "
         "or pass such frames through unchanged (no-face policy 'pass')",
     )
 

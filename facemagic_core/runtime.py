@@ -416,7 +416,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise BadInputError(
                 f"the device {text!r} was asked for but this torch build ({torch.__version__}) sees no CUDA GPU",
                 where="device",
-                fix="install a CUDA build of torch, or use --device cpu (or auto)",
+                fix="install a CUDA build of torch, or choose the device cpu (or auto)",
             )
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:

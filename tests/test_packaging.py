@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -71,3 +72,34 @@ def test_cli_help_lists_the_commands() -> None:
     assert result.returncode == 0, result.stderr
     for command in ("identity", "similarity", "models"):
         assert command in result.stdout
+
+
+README_TEST_COMMAND = 'pip install -e ".[test]" && python -m pytest'
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert README_TEST_COMMAND in readme
+    # CI runs the same two steps (with torch pinned first, as the README says).
+    assert 'pip install -q -e ".[test]"' in ci or 'pip install -e ".[test]"' in ci
+    assert "python -m pytest" in ci
+    assert ci.index("torch==2.13.0") < ci.index('-e ".[test]"') < ci.rindex("python -m pytest")
+
+
+def test_readme_models_table_is_the_registry() -> None:
+    from facemagic_core.cli.models import markdown_models_table
+
+    readme = (REPO / "README.md").read_text()
+    assert markdown_models_table() in readme, "regenerate the table with: facemagic models list --markdown"
+
+
+def test_readme_node_reference_is_generated_from_the_schemas(tmp_path: Path) -> None:
+    from comfy_stub.harness import installed_pack, node_classes
+    from comfy_stub.node_reference import node_reference
+
+    with installed_pack(tmp_path) as pack:
+        generated = node_reference(node_classes(pack))
+    body = generated.split("\n", 2)[2]  # without the heading line and the blank line after it
+    readme = (REPO / "README.md").read_text()
+    assert body.strip() in readme, "regenerate it with: cd tests && python -m comfy_stub.node_reference"
