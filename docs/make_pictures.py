@@ -32,10 +32,10 @@ def draw_detections(image: torch.Tensor, analyzer: FaceAnalyzer) -> torch.Tensor
     canvas = tensor_to_bgr_uint8(image[0]).copy()
     thickness = max(2, image.shape[-1] // 400)
     for face in analyzer.detect_faces(image)[0]:
-        x1, y1, x2, y2 = (int(round(v)) for v in face.bbox)
+        x1, y1, x2, y2 = (int(v) for v in np.rint(face.bbox))
         cv2.rectangle(canvas, (x1, y1), (x2, y2), (80, 220, 80), thickness)
         for x, y in face.landmarks_5:
-            cv2.circle(canvas, (int(round(x)), int(round(y))), thickness + 2, (60, 60, 255), -1)
+            cv2.circle(canvas, (int(np.rint(x)), int(np.rint(y))), thickness + 2, (60, 60, 255), -1)
     return torch.from_numpy(canvas[:, :, ::-1].copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
 
 
