@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from comfy_stub.harness import installed_pack, node_classes
 from PIL import Image
 from tiny_models import write_arcface, write_landmarks_106
 
@@ -103,6 +107,21 @@ def test_checkpoint_loads_with_load_generator_and_swaps(trained_run: Path, cache
     assert loaded.cfg == model.cfg
 
 
+def test_the_comfyui_generator_loader_takes_the_checkpoint_folder(trained_run: Path, tmp_path: Path) -> None:
+    """A run's checkpoint/ (with its model card) copied into models/facemagic is offered and loaded by the node."""
+    folder = tmp_path / "models" / "facemagic" / "my_run"
+    shutil.copytree(trained_run / "checkpoint", folder)
+    publish.write_model_card(folder, step=LOSS_STEPS, num_faces=36, distilled_from=None)
+    with installed_pack(tmp_path / "models") as pack:
+        loader = node_classes(pack)["FaceMagicGeneratorLoader"]
+        assert "my_run" in loader.GET_SCHEMA().inputs[0].options
+        handle = loader.run(model="my_run", device="cpu", dtype="fp32")[0]
+    assert handle.managed and (handle.model.input_size, handle.model.num_blocks) == (64, 3)
+    expected = SwapGenerator.from_pretrained(trained_run / "checkpoint").state_dict()
+    for key, value in handle.model.module.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
 def test_same_image_rows_are_exactly_neutral_in_training_batches(cache: FaceCache) -> None:
     config = tiny_config()
     sampler = PairSampler(
@@ -124,20 +143,41 @@ def test_same_image_rows_are_exactly_neutral_in_training_batches(cache: FaceCach
     assert int(mixed.sum()) == 2
 
 
-def _run(cache: FaceCache, models: Any, folder: Path, until: int, *, resume: bool = False) -> Trainer:
+def _run_trainer(cache: FaceCache, models: Any, folder: Path, *, resume: bool = False) -> Trainer:
     config = tiny_config(
         steps=6, batch_size=4, sample_every=100, checkpoint_every=100, discriminator=DiscriminatorConfig(2, 4, 2, 8)
     )
-    trainer = Trainer(config, cache, folder, recognizer=models[0], landmarks=models[1], device="cpu", resume=resume)
+    return Trainer(config, cache, folder, recognizer=models[0], landmarks=models[1], device="cpu", resume=resume)
+
+
+def _run(cache: FaceCache, models: Any, folder: Path, until: int, *, resume: bool = False) -> Trainer:
+    trainer = _run_trainer(cache, models, folder, resume=resume)
     trainer.train(until_step=until)
     return trainer
+
+
+def _interrupt_during_step(trainer: Trainer, step: int) -> None:
+    """Press Ctrl-C (SIGINT) in the middle of step ``step``: after its batch is drawn, before any update."""
+    draw = trainer.next_batch
+
+    def drawn_then_interrupted() -> Any:
+        batch = draw()
+        if trainer.step + 1 == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return batch
+
+    trainer.next_batch = drawn_then_interrupted  # type: ignore[method-assign]
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(
     cache: FaceCache, models: tuple[RecognizerTeacher, LandmarkTeacher], tmp_path: Path
 ) -> None:
     straight = _run(cache, models, tmp_path / "straight", 6)
-    _run(cache, models, tmp_path / "stopped", 3)
+    stopped = _run_trainer(cache, models, tmp_path / "stopped")
+    _interrupt_during_step(stopped, 3)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C: step 3 completes, its state is saved, then the stop
+        stopped.train()
+    assert stopped.step == 3
     torch.manual_seed(1234)  # disturb the global random state: the resume must restore it
     resumed = _run(cache, models, tmp_path / "stopped", 6, resume=True)
     assert resumed.step == straight.step == 6

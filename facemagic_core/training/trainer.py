@@ -33,6 +33,8 @@ import io
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import BadInputError, ModelIntegrityError
+from ..errors import BadInputError, CancelledError, ModelIntegrityError
 from ..files import atomic_path, atomic_write_bytes
 from ..generators.base import SwapModel, to_model_range
 from ..generators.network import SwapGenerator
@@ -136,6 +138,37 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopRequest:
+    """Ctrl-C while a step runs: the first SIGINT is held until the step is complete, a second one stops at once.
+
+    A step interrupted half way (batch drawn, weights updated, EMA not yet) cannot be saved
+    as a state that resumes exactly; holding the signal to the end of the step can. Signals
+    are only caught in the main thread (elsewhere Python delivers none).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def hold(number: int, frame: Any) -> None:
+            if self.requested:  # a second Ctrl-C: stop now, mid-step (nothing is saved)
+                raise KeyboardInterrupt
+            self.requested = True
+            logger.warning("Ctrl-C: finishing this step, then saving the training state (press again to abort)")
+
+        signal.signal(signal.SIGINT, hold)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 class Trainer:
@@ -428,7 +461,9 @@ class Trainer:
     def train(self, until_step: int | None = None, *, progress: ProgressCallback | None = None) -> TrainSummary:
         """Train until ``until_step`` (default: the config's ``steps``); saves a checkpoint at the end.
 
-        On Ctrl-C the checkpoint and training state are saved before the interrupt goes on.
+        On Ctrl-C (or a ``CancelledError`` from ``progress``) the running step is completed, the
+        checkpoint and training state are saved, and the interrupt goes on: resuming from that
+        state gives exactly the weights of an uninterrupted run.
         """
         stop = min(self.config.steps, until_step) if until_step is not None else self.config.steps
         first_step = self.step
@@ -436,24 +471,34 @@ class Trainer:
         last: dict[str, float] = {}
         pending: list[dict[str, float]] = []
         started = time.perf_counter()
+        request = _StopRequest()
+        mid_step = False
         try:
-            while self.step < stop:
-                tick = time.perf_counter()
-                last = self.train_step()
-                last["seconds_per_step"] = time.perf_counter() - tick
-                first = first or dict(last)
-                pending.append(last)
-                if self.step % self.config.log_every == 0 or self.step == stop:
-                    self._log(pending)
-                    pending = []
-                if self.step % self.config.sample_every == 0:
-                    self.save_samples()
-                if self.step % self.config.checkpoint_every == 0 and self.step < stop:
-                    self.save_checkpoint()
-                if progress is not None:
-                    progress(self.step, stop)
-        except KeyboardInterrupt:
-            logger.warning("interrupted at step %d: saving the checkpoint and training state", self.step)
+            with request.held():
+                while self.step < stop:
+                    tick = time.perf_counter()
+                    mid_step = True
+                    last = self.train_step()
+                    mid_step = False
+                    last["seconds_per_step"] = time.perf_counter() - tick
+                    first = first or dict(last)
+                    pending.append(last)
+                    if self.step % self.config.log_every == 0 or self.step == stop or request.requested:
+                        self._log(pending)
+                        pending = []
+                    if request.requested:
+                        raise KeyboardInterrupt
+                    if self.step % self.config.sample_every == 0:
+                        self.save_samples()
+                    if self.step % self.config.checkpoint_every == 0 and self.step < stop:
+                        self.save_checkpoint()
+                    if progress is not None:
+                        progress(self.step, stop)
+        except (KeyboardInterrupt, CancelledError):
+            if mid_step:  # a second Ctrl-C: the step is half done, the last saved state stays as it is
+                logger.warning("stopped in the middle of step %d: the training state was not saved", self.step + 1)
+                raise
+            logger.warning("stopped at step %d: saving the checkpoint and training state", self.step)
             if pending:
                 self._log(pending)
             self.save_checkpoint()
