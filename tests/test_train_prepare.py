@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +31,26 @@ def analyzer(yunet_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Face
     return FaceAnalyzer(backend="yunet", detector=yunet_path, recognizer=recognizer, providers=["cpu"])
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels (and holds almost nothing)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
 @pytest.fixture
 def data_dir(faces_dir: Path, tmp_path: Path) -> Path:
-    """Two people, two photos each; bob's folder also holds a broken file and a picture without a face."""
+    """Two people, two photos each; bob's folder also holds two broken files and a picture without a face."""
     root = tmp_path / "photos"
     for person, names in PEOPLE.items():
         (root / person).mkdir(parents=True)
         for name in names:
             shutil.copy(faces_dir / name, root / person / name)
     (root / "bob" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    (root / "bob" / "huge.png").write_bytes(_png_header(40_000, 40_000))  # Pillow refuses it as a decompression bomb
     grey = np.full((120, 160, 3), 128, dtype=np.uint8)
     import cv2
 
@@ -48,10 +61,11 @@ def data_dir(faces_dir: Path, tmp_path: Path) -> Path:
 def test_prepare_writes_shards_and_manifest(analyzer: FaceAnalyzer, data_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     summary = prepare_dataset(data_dir, cache, analyzer, image_size=SIZE, shard_size=3)
-    assert (summary.photos_total, summary.photos_processed, summary.faces_added) == (6, 6, 4)
+    assert (summary.photos_total, summary.photos_processed, summary.faces_added) == (7, 7, 4)
     assert summary.shards_written == 2 and summary.no_face == ["bob/wall.png"]
-    assert [name for name, _ in summary.unreadable] == ["bob/broken.jpg"]
+    assert [name for name, _ in summary.unreadable] == ["bob/broken.jpg", "bob/huge.png"]
     assert "cannot read the image" in summary.unreadable[0][1]
+    assert "decompression bomb" in summary.unreadable[1][1]
 
     manifest = read_manifest(cache)
     assert manifest is not None
@@ -59,7 +73,7 @@ def test_prepare_writes_shards_and_manifest(analyzer: FaceAnalyzer, data_dir: Pa
     assert (manifest["image_size"], manifest["template"], manifest["num_faces"]) == (SIZE, "arcface", 4)
     assert [shard["faces"] for shard in manifest["shards"]] == [3, 1]
     records = read_records(cache)
-    assert len(records) == 6 and manifest["records"] == ["records_00000.json", "records_00001.json"]
+    assert len(records) == 7 and manifest["records"] == ["records_00000.json", "records_00001.json"]
     assert records["bob/broken.jpg"]["status"] == "unreadable"
     assert records["bob/wall.png"] == {"status": "no_face", "reason": "no face found"}
     assert manifest["unreadable"][0]["file"] == "bob/broken.jpg"
@@ -95,7 +109,7 @@ def test_prepare_resumes_and_adds_only_new_photos(
     assert {path.name: path.stat().st_mtime_ns for path in cache.glob("shard_0000[01].safetensors")} == first_shards
     manifest = read_manifest(cache)
     assert manifest is not None and manifest["persons"] == ["alice", "bob", "carol"]
-    assert len(manifest["unreadable"]) == 1  # the broken file is not retried or listed twice
+    assert len(manifest["unreadable"]) == 2  # the broken files are not retried or listed twice
 
     faces = FaceCache(cache)
     assert len(faces) == 5 and faces.person_ids.tolist() == [0, 0, 1, 1, 2]

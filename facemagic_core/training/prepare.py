@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..align import align_faces, transform_points
 from ..errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
@@ -52,6 +53,9 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 #: Faces per shard file by default (about 200 MB of crops at 256 px).
 DEFAULT_SHARD_SIZE = 1024
+#: What one bad photo may raise; it is recorded as unreadable and skipped. Besides FaceMagic's own errors:
+#: Pillow's decompression-bomb refusal (a header claiming a gigantic picture), and memory or I/O failures of one file.
+PHOTO_ERRORS: tuple[type[BaseException], ...] = (FaceMagicError, Image.DecompressionBombError, MemoryError, OSError)
 
 
 @dataclass(frozen=True)
@@ -350,9 +354,10 @@ def prepare_dataset(
         try:
             image = load_image(source / photo.relative_path)
             faces = analyzer.analyze(image, landmarks=True, embeddings=True)[0]
-        except FaceMagicError as error:
-            logger.warning("skipping %s: %s", photo.relative_path, error)
-            buffer.records[photo.relative_path] = {"status": "unreadable", "reason": str(error)}
+        except PHOTO_ERRORS as error:
+            reason = str(error) if isinstance(error, FaceMagicError) else f"cannot read the image: {error}"
+            logger.warning("skipping %s: %s", photo.relative_path, reason)
+            buffer.records[photo.relative_path] = {"status": "unreadable", "reason": reason}
         else:
             chosen = _choose_faces(faces, all_faces, min_face_size)
             if chosen:
