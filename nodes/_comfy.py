@@ -10,7 +10,7 @@ A change of ComfyUI's API is one edit in this file. What is used, and since when
 - ``folder_paths``: ``models_dir``, ``folder_names_and_paths``, ``get_folder_paths``,
   ``get_filename_list``.
 - ``comfy.model_management``: ``get_torch_device``, ``unet_offload_device``,
-  ``load_models_gpu``, ``throw_exception_if_processing_interrupted``,
+  ``load_models_gpu`` (with ``force_full_load``), ``throw_exception_if_processing_interrupted``,
   ``InterruptProcessingException``.
 - ``comfy.model_patcher.ModelPatcher`` (``model, load_device, offload_device``).
 - ``comfy.utils.ProgressBar`` (``total, node_id``; ``update_absolute(value, total)``).
@@ -68,8 +68,12 @@ def new_model_patcher(module: torch.nn.Module, *, load_device: torch.device, off
 
 
 def load_models(patchers: list[Any]) -> None:
-    """Make sure the weights of ``patchers`` are on their load device, evicting other models if needed."""
-    model_management.load_models_gpu(patchers)
+    """Put all the weights of ``patchers`` on their load device, evicting other models if needed.
+
+    Always a full load: ComfyUI's partial ("lowvram") load only streams layers built with ``comfy.ops``; the
+    plain torch layers of FaceMagic's generators would be left on the offload device, beside the others.
+    """
+    model_management.load_models_gpu(patchers, force_full_load=True)
 
 
 def throw_if_interrupted() -> None:

@@ -14,6 +14,7 @@ from facemagic_core.align import align_faces
 from facemagic_core.analysis import FaceAnalyzer, face_similarities, select_faces
 from facemagic_core.cli.similarity import describe_similarity
 from facemagic_core.errors import BadInputError, FaceMagicError, IncompatibleIdentityError
+from facemagic_core.hub import sha256_file
 from facemagic_core.identity import (
     MixMethod,
     choose_source_faces,
@@ -375,6 +376,14 @@ class FaceMagicLoadIdentity(io.ComfyNode):
         except FaceMagicError as error:  # shown in the UI before anything runs
             return str(error)
         return True
+
+    @classmethod
+    def fingerprint_inputs(cls, name: str) -> str:
+        """Changes when the file does (saved again, copied over), so ComfyUI reads it again instead of its cache."""
+        try:
+            return sha256_file(resolve_identity(name))
+        except (FaceMagicError, OSError) as error:  # validate_inputs reports it
+            return f"unreadable: {error}"
 
     @classmethod
     def execute(cls, name: str) -> io.NodeOutput:

@@ -179,11 +179,22 @@ def list_identities() -> list[str]:
 
 
 def identity_path_for_saving(name: str) -> Path:
-    """Where the identity ``name`` is saved (``identities/<name>.safetensors`` in the default directory)."""
+    """Where the identity ``name`` is saved (``identities/<name>.safetensors`` in the default directory).
+
+    A sub-folder that is a link leading outside the identities folder is refused, as when loading.
+    """
     relative = check_relative_name(name, what="identity")
     if relative.suffix.lower() == IDENTITY_SUFFIX:
         relative = relative.with_suffix("")
-    return identities_dir() / Path(*relative.parts).with_name(relative.name + IDENTITY_SUFFIX)
+    base = identities_dir()
+    path = base / Path(*relative.parts).with_name(relative.name + IDENTITY_SUFFIX)
+    if not _inside(path, base):
+        raise BadInputError(
+            f"the identity {name!r} would be saved through a link that leads outside the FaceMagic model folder",
+            where=str(path),
+            fix="choose a name whose folders are inside models/facemagic/identities",
+        )
+    return path
 
 
 def resolve_identity(name: str) -> Path:

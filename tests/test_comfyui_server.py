@@ -36,9 +36,11 @@ import pytest
 import torch
 from comfy_stub import build_workflows
 from comfy_stub.harness import REPO
-from comfy_stub.samples import TINY_GENERATOR, write_tiny_models
+from comfy_stub.samples import TINY_GENERATOR, random_identity, write_tiny_models
 from comfy_stub.workflow_tools import CORE_NODES, FRONTEND_ONLY_NODES, load_workflow, ui_to_api, widget_layout
 from tiny_models import bright_cell_image
+
+from facemagic_core.identity import save_identity
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(
@@ -339,3 +341,46 @@ def test_images_keep_their_batch_and_size(server: Server, object_info: dict[str,
     [saved] = [path for path in _check_outputs(server, entry) if "swap" in path.name]
     picture = cv2.imread(str(saved))
     assert picture.shape == (320, 320, 3)
+
+
+def test_an_identity_file_changed_on_disk_is_read_again(server: Server) -> None:
+    """Load Identity reads a file: when the file changes (saved again, copied over), the cached output is not used."""
+    analyzer = {
+        "class_type": "FaceMagicAnalyzerLoader",
+        "inputs": {"model": "buffalo_l", "device": "auto", "det_size": 320, "det_threshold": 0.5},
+    }
+    save = {
+        "1": analyzer,
+        "2": {"class_type": "LoadImage", "inputs": {"image": "facemagic_person_a.png"}},
+        "3": {
+            "class_type": "FaceMagicExtractIdentity",
+            "inputs": {"analyzer": ["1", 0], "images": ["2", 0], "face_order": "largest", "face_index": 0},
+        },
+        "4": {
+            "class_type": "FaceMagicSaveIdentity",
+            "inputs": {"identity": ["3", 0], "name": "changed", "overwrite": True},
+        },
+    }
+    measure = {
+        "1": analyzer,
+        "2": save["2"],
+        "5": {"class_type": "FaceMagicLoadIdentity", "inputs": {"name": "changed"}},
+        "6": {
+            "class_type": "FaceMagicFaceSimilarity",
+            "inputs": {
+                "analyzer": ["1", 0],
+                "images": ["2", 0],
+                "identity": ["5", 0],
+                "face_order": "most_similar",
+                "face_index": 0,
+            },
+        },
+    }
+    assert server.run(save)["status"]["status_str"] == "success"
+    first = server.run(measure)
+    assert first["outputs"]["6"]["facemagic_similarity"][0] == pytest.approx(1.0, abs=1e-4), _error_text(first)
+    path = server.base / "shared" / "facemagic" / "identities" / "changed.safetensors"
+    save_identity(random_identity(9), path)  # e.g. saved again with the command line
+    second = server.run(measure)
+    assert second["status"]["status_str"] == "success", _error_text(second)
+    assert abs(second["outputs"]["6"]["facemagic_similarity"][0]) < 0.5  # another person now

@@ -259,8 +259,10 @@ def test_generator_loader_hands_native_models_to_model_management(nodes: dict[st
     assert handle.model.num_blocks == 6 and handle.model.device == torch.device("cpu")
     assert handle.patcher.model.generator is handle.model.module  # ComfyUI may set attributes on the container
     model_management.LOADED.clear()
+    model_management.FULL_LOADS.clear()
     assert handle.ready() is handle.model
     assert [[handle.patcher]] == model_management.LOADED
+    assert model_management.FULL_LOADS == [True]  # plain torch layers: never a partial (lowvram) load
 
 
 def test_generator_loader_refuses_names_outside_the_folder(nodes: dict[str, Any]) -> None:
@@ -365,6 +367,31 @@ def test_save_and_load_identity_round_trip(nodes: dict[str, Any], pack: ModuleTy
     assert "outside" in load.validate_inputs(name="../../secret")
     with pytest.raises(BadInputError, match="outside"):
         nodes["FaceMagicSaveIdentity"].run(identity=identity, name="../escape", overwrite=True)
+
+
+def test_save_identity_refuses_a_folder_link_leading_outside(
+    nodes: dict[str, Any], models_dir: Path, tmp_path: Path
+) -> None:
+    link = models_dir / "facemagic" / "identities" / "linked"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(tmp_path, target_is_directory=True)
+    try:
+        with pytest.raises(BadInputError, match="leads outside"):
+            nodes["FaceMagicSaveIdentity"].run(identity=random_identity(1), name="linked/anna", overwrite=True)
+        assert list(tmp_path.iterdir()) == []  # nothing was written outside the model folder
+    finally:
+        link.unlink()
+
+
+def test_load_identity_fingerprint_follows_the_file(nodes: dict[str, Any], models_dir: Path) -> None:
+    """ComfyUI re-runs a node whose fingerprint changed: a file saved again must not come from its cache."""
+    load, save = nodes["FaceMagicLoadIdentity"], nodes["FaceMagicSaveIdentity"]
+    save.run(identity=random_identity(1), name="twice", overwrite=True)
+    first = load.fingerprint_inputs(name="twice")
+    assert load.fingerprint_inputs(name="twice") == first
+    save.run(identity=random_identity(2), name="twice", overwrite=True)
+    assert load.fingerprint_inputs(name="twice") != first
+    assert "not found" in load.fingerprint_inputs(name="nobody")
 
 
 def test_face_similarity_reads_out_per_image(

@@ -9,6 +9,8 @@ import torch
 
 #: Every list of ModelPatchers passed to load_models_gpu, in order (tests read it).
 LOADED: list[list[Any]] = []
+#: The force_full_load argument of each of those calls.
+FULL_LOADS: list[bool] = []
 
 _interrupt_lock = threading.RLock()
 _interrupt_processing = False
@@ -30,8 +32,15 @@ def intermediate_device() -> torch.device:
     return torch.device("cpu")
 
 
-def load_models_gpu(models: list[Any], memory_required: int = 0, **kwargs: Any) -> None:
+def load_models_gpu(
+    models: list[Any],
+    memory_required: int = 0,
+    force_patch_weights: bool = False,
+    minimum_memory_required: int | None = None,
+    force_full_load: bool = False,
+) -> None:
     LOADED.append(list(models))
+    FULL_LOADS.append(force_full_load)
     for patcher in models:
         patcher.model.to(patcher.load_device)
 
