@@ -734,6 +734,13 @@ def _fetch(
     return _Fetched(downloaded, digest, size, metadata.commit_hash, repo_file, hashed_at_ns)
 
 
+def _pinned_revision(pinned: object, spec: ModelSpec) -> str:
+    """The commit a file was first downloaded from (its lock entry's ``revision``), else the registry's revision."""
+    if isinstance(pinned, Mapping) and pinned.get("revision"):
+        return str(pinned["revision"])
+    return spec.revision
+
+
 def _check_pinned(
     fetched: _Fetched, pinned: Mapping[str, Any] | None, spec: ModelSpec, where: Path, lock: Path
 ) -> None:
@@ -821,7 +828,7 @@ def _download_single(
     target = model_path(spec, model_dir)
     key = _lock_key(target, model_dir)
     pinned = lock.entry(key)
-    revision = str(pinned.get("revision")) if pinned and pinned.get("revision") else spec.revision
+    revision = _pinned_revision(pinned, spec)
     with _staging_dir(model_dir) as staging:
         fetched = _fetch(
             spec, spec.filename, staging, revision=revision, endpoint=endpoint, target=target, progress=progress
@@ -838,7 +845,7 @@ def _download_archive_pack(
     target = model_path(spec, model_dir)
     archive_key = f"{spec.local_path}/"
     pinned = lock.read()["archives"].get(archive_key)
-    revision = str(pinned.get("revision")) if isinstance(pinned, dict) and pinned.get("revision") else spec.revision
+    revision = _pinned_revision(pinned, spec)
     with _staging_dir(model_dir) as staging:
         fetched = _fetch(
             spec, spec.filename, staging, revision=revision, endpoint=endpoint, target=target, progress=progress
@@ -875,16 +882,23 @@ def _download_archive_pack(
 
 
 def _download_file_pack(
-    spec: ModelSpec, model_dir: Path, lock: _LockFile, endpoint: str, progress: ProgressCallback | None
+    spec: ModelSpec,
+    model_dir: Path,
+    lock: _LockFile,
+    endpoint: str,
+    progress: ProgressCallback | None,
+    verify: Verify,
 ) -> None:
+    """Fetch the missing files of a multi-file pack; the files already there are verified like any load."""
     target = model_path(spec, model_dir)
     for name, repo_file in zip(spec.pack_files, spec.repo_files(), strict=True):
         path = target / name
-        if path.is_file():
-            continue
         key = _lock_key(path, model_dir)
+        if path.is_file():
+            _verify_file(path, key, lock, verify=verify, spec=spec)
+            continue
         pinned = lock.entry(key)
-        revision = str(pinned.get("revision")) if pinned and pinned.get("revision") else spec.revision
+        revision = _pinned_revision(pinned, spec)
         with _staging_dir(model_dir) as staging:
             fetched = _fetch(
                 spec, repo_file, staging, revision=revision, endpoint=endpoint, target=path, progress=progress
@@ -947,7 +961,7 @@ def ensure_model(
         if spec.archive:
             _download_archive_pack(spec, model_dir, lock, endpoint, progress)
         elif spec.is_pack:
-            _download_file_pack(spec, model_dir, lock, endpoint, progress)
+            _download_file_pack(spec, model_dir, lock, endpoint, progress, verify)
         else:
             _download_single(spec, model_dir, lock, endpoint, progress)
     return target  # hashed while staged, checked against the Hub's size and ETag and the lock's pin

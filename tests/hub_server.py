@@ -14,10 +14,11 @@ It answers the real ``huggingface_hub`` client (``hf_hub_download``,
 - errors with the Hub's ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``,
   ``EntryNotFound``).
 
-Every request is recorded in :attr:`FakeHub.requests`. :meth:`FakeHub.cut_off` makes the
-next full downloads of a file stop half way (the server announces the whole length and
-closes the connection after half of it; requests that try to resume get 503), to test
-interrupted downloads. Use it as a context manager, with :func:`point_hub_client_at`::
+Every request is recorded in :attr:`FakeHub.requests`. ``add_file(..., delay=s)`` makes each
+GET of a file wait ``s`` seconds before its body, so that concurrent downloads overlap.
+:meth:`FakeHub.cut_off` makes the next full downloads of a file stop half way (the server
+announces the whole length and closes the connection after half of it; requests that try to
+resume get 503), to test interrupted downloads. Use it as a context manager, with :func:`point_hub_client_at`::
 
     with FakeHub() as hub:
         point_hub_client_at(hub.endpoint, monkeypatch)
@@ -32,6 +33,7 @@ import http.server
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING
@@ -49,6 +51,7 @@ class HubFile:
     data: bytes
     lfs: bool = True  # big files are served from LFS on the Hub: their ETag is the sha256
     announced_etag: str | None = None  # send this ETag instead of the true one (a lying mirror)
+    delay: float = 0.0  # seconds to wait before sending the body of a GET (a slow link)
 
     @property
     def etag(self) -> str:
@@ -90,8 +93,9 @@ class FakeHub:
         repo_type: str = "model",
         lfs: bool = True,
         announced_etag: str | None = None,
+        delay: float = 0.0,
     ) -> HubFile:
-        hub_file = HubFile(data, lfs, announced_etag)
+        hub_file = HubFile(data, lfs, announced_etag, delay)
         self.files[(repo_type, repo_id, path)] = hub_file
         return hub_file
 
@@ -238,6 +242,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if not send_body:
             return
+        time.sleep(hub_file.delay)
         if cut_off:
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import re
 import socket
@@ -306,6 +307,31 @@ def test_search_dirs_are_used_before_downloading(fake_hub: FakeHub, model_dir: P
     assert str((other / "inswapper_128.onnx").resolve()) in lock_data(model_dir)["files"]
 
 
+def _ensure_in_child(name: str, model_dir: Path, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    try:
+        results.put(str(hub.ensure_model(name, model_dir)))
+    except Exception as error:  # reported to the parent, which asserts on it
+        results.put(f"{type(error).__name__}: {error}")
+
+
+def test_concurrent_processes_download_once_and_share_the_file(fake_hub: FakeHub, model_dir: Path) -> None:
+    data = payload(300_000)
+    fake_hub.add_file(INSWAPPER_REPO, "inswapper_128.onnx", data, delay=0.5)  # the downloads would overlap
+    context = multiprocessing.get_context("fork")  # the children inherit the fake Hub's address and patches
+    results = context.Queue()
+    workers = [context.Process(target=_ensure_in_child, args=("inswapper_128", model_dir, results)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    outcomes = sorted(results.get(timeout=60) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=10)
+    assert outcomes == [str(model_dir / "inswapper_128.onnx")] * 3
+    assert fake_hub.count("GET", "inswapper_128.onnx") == 1  # one process downloaded, the others waited
+    assert (model_dir / "inswapper_128.onnx").read_bytes() == data
+    assert lock_data(model_dir)["files"]["inswapper_128.onnx"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert leftovers(model_dir) == []
+
+
 # --- packs ------------------------------------------------------------------------------------
 
 
@@ -380,6 +406,20 @@ def test_multi_file_pack(fake_hub: FakeHub, model_dir: Path) -> None:
     (folder / "glintr100.onnx").unlink()
     assert hub.model_status(spec, model_dir) == "partial"
     assert hub.model_status("inswapper_128", model_dir) == "missing"
+
+
+def test_partial_pack_download_still_verifies_the_files_present(fake_hub: FakeHub, model_dir: Path) -> None:
+    spec = hub.get_model_spec("antelopev2")
+    for name in spec.pack_files:
+        fake_hub.add_file(spec.repo_id, name, f"antelope {name}".encode())
+    folder = hub.ensure_model(spec, model_dir)
+    (folder / "glintr100.onnx").write_bytes(b"antelope glintr101.onnx")  # altered, same size
+    (folder / "genderage.onnx").unlink()  # and another file missing: the pack is fetched again
+    fake_hub.reset_requests()
+    with pytest.raises(ModelIntegrityError, match="altered or damaged") as caught:
+        hub.ensure_model(spec, model_dir)
+    assert str(folder / "glintr100.onnx") in str(caught.value)
+    assert fake_hub.count("GET", "glintr100.onnx") == 0
 
 
 # --- the command line -------------------------------------------------------------------------
