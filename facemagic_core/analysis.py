@@ -39,7 +39,7 @@ from . import runtime
 from .align import align_faces
 from .errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
 from .images import check_images, tensor_to_bgr_uint8
-from .types import FACE_ORDERS, Face, FaceOrder, FloatArray
+from .types import FACE_ORDERS, Face, FaceOrder, FloatArray, Identity
 
 logger = logging.getLogger(__name__)
 
@@ -86,32 +86,6 @@ def _check_model_file(path: Path, role: str) -> Path:
     return path
 
 
-def _requested_providers(providers: Sequence[runtime.ProviderSpec] | None) -> list[runtime.ProviderSpec]:
-    """The caller's providers (short or full names, options kept) with CPU last, or the default list."""
-    if not providers:
-        return runtime.onnx_providers()
-    specs: list[runtime.ProviderSpec] = [
-        (runtime.provider_name(spec[0]), dict(spec[1])) if isinstance(spec, tuple) else runtime.provider_name(spec)
-        for spec in providers
-    ]
-    if runtime.CPU_PROVIDER not in [spec[0] if isinstance(spec, tuple) else spec for spec in specs]:
-        specs.append(runtime.CPU_PROVIDER)
-    return specs
-
-
-def _usable_providers(requested: Sequence[runtime.ProviderSpec]) -> list[runtime.ProviderSpec]:
-    """The requested providers the installed onnxruntime offers, CPU last (as runtime.create_session does)."""
-    available = set(runtime.available_providers())
-    usable: list[runtime.ProviderSpec] = []
-    for spec in requested:
-        name = runtime.provider_name(spec[0] if isinstance(spec, tuple) else spec)
-        if name in available:
-            usable.append((name, dict(spec[1])) if isinstance(spec, tuple) else name)
-    if runtime.CPU_PROVIDER not in [spec[0] if isinstance(spec, tuple) else spec for spec in usable]:
-        usable.append(runtime.CPU_PROVIDER)
-    return usable
-
-
 def _load_insightface_runner(path: Path, role: str, requested: Sequence[runtime.ProviderSpec]) -> Any:
     """Load one ``.onnx`` file with ``insightface.model_zoo.get_model``; FaceMagicError on every failure."""
     path = _check_model_file(Path(path), role)
@@ -128,7 +102,7 @@ def _load_insightface_runner(path: Path, role: str, requested: Sequence[runtime.
             warnings.simplefilter("ignore")
             # static_shape_sessions=False (insightface 2.1): one session that takes every input size, instead
             # of a second fixed-size copy of the detector per size; older insightface ignores the argument.
-            runner = get_model(str(path), providers=_usable_providers(requested), static_shape_sessions=False)
+            runner = get_model(str(path), providers=runtime.usable_providers(requested), static_shape_sessions=False)
     except FaceMagicError:
         raise
     except Exception as error:  # onnxruntime, protobuf and insightface raise many unrelated types
@@ -216,7 +190,7 @@ class FaceAnalyzer:
         recogniser's embedding space, written into identities made from these faces."""
         if backend not in BACKENDS:
             raise BadInputError(f"unknown analyzer backend {backend!r}", fix=f"use one of {', '.join(BACKENDS)}")
-        requested = _requested_providers(providers)
+        requested = runtime.requested_providers(providers)
         detector_runner = None
         yunet = None
         if backend == "insightface":
@@ -328,7 +302,7 @@ class FaceAnalyzer:
                 "the insightface model pack folder does not exist", where=str(folder), fix=_PACK_HELP
             )
         files = sorted(path for path in folder.iterdir() if path.suffix == ".onnx" and path.is_file())
-        requested = _requested_providers(providers)
+        requested = runtime.requested_providers(providers)
         roles: dict[str, tuple[Path, Any]] = {}
         for path in files:
             if path.stem.lower().startswith(_PACK_SKIP_PREFIXES):
@@ -573,9 +547,32 @@ def sort_faces(faces: Sequence[Face], order: FaceOrder) -> list[Face]:
     return sorted(faces, key=keys[order])
 
 
-def face_similarities(faces: Sequence[Face], reference: np.ndarray) -> FloatArray:
-    """Cosine similarity of every face's embedding to ``reference``, ``(len(faces),)`` float32."""
-    vector = np.asarray(reference, dtype=np.float32).reshape(-1)
+#: What faces can be compared with: an embedding vector (numpy or torch) or an identity (its mean row).
+Reference = np.ndarray | torch.Tensor | Identity
+
+
+def _reference_vector(reference: Reference) -> FloatArray:
+    if isinstance(reference, Identity):
+        return reference.mean_embedding()
+    if isinstance(reference, torch.Tensor):
+        reference = reference.detach().to("cpu", torch.float32).numpy()
+    try:
+        return np.asarray(reference, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as error:
+        raise BadInputError(
+            f"the reference must be an embedding or an identity, got {type(reference).__name__}",
+            where="face selection",
+            fix="pass an Identity (extract_identity, load_identity) or a face's embedding",
+        ) from error
+
+
+def face_similarities(faces: Sequence[Face], reference: Reference) -> FloatArray:
+    """Cosine similarity of every face's embedding to ``reference``, ``(len(faces),)`` float32.
+
+    ``reference`` is an embedding ``(D,)`` (numpy or torch) or an :class:`Identity` (compared
+    through its mean row).
+    """
+    vector = _reference_vector(reference)
     if vector.size == 0 or not np.all(np.isfinite(vector)) or float(np.linalg.norm(vector)) < 1e-12:
         raise BadInputError(
             "the reference embedding is empty, all zeros or not finite",
@@ -607,16 +604,17 @@ def select_faces(
     *,
     order: FaceOrder = "largest",
     index: int | Sequence[int] | None = 0,
-    reference: np.ndarray | None = None,
+    reference: Reference | None = None,
     min_similarity: float | None = None,
 ) -> list[Face]:
     """Choose faces of one image.
 
-    Without ``reference`` the faces are sorted by ``order``; with it they are sorted by cosine
-    similarity to that embedding, most similar first (``order`` is then not used), and faces
-    below ``min_similarity`` are dropped. ``index`` then picks: an int (0 = first), several
-    ints (in that order), or None for all. Indices beyond the faces found are skipped, so
-    the result may be empty; callers that need a face raise NoFaceError.
+    Without ``reference`` the faces are sorted by ``order``; with it (an embedding or an
+    :class:`Identity`) they are sorted by cosine similarity to it, most similar first
+    (``order`` is then not used), and faces below ``min_similarity`` are dropped. ``index``
+    then picks: an int (0 = first), several ints (in that order), or None for all. Indices
+    beyond the faces found are skipped, so the result may be empty; callers that need a face
+    raise NoFaceError.
     """
     if reference is not None:
         similarities = face_similarities(faces, reference)

@@ -173,14 +173,32 @@ def onnx_providers(
     return result
 
 
-def _normalise_specs(providers: Sequence[ProviderSpec]) -> list[ProviderSpec]:
-    specs: list[ProviderSpec] = []
-    for spec in providers:
-        if isinstance(spec, tuple):
-            specs.append((provider_name(spec[0]), dict(spec[1])))
-        else:
-            specs.append(provider_name(spec))
+def requested_providers(providers: Sequence[ProviderSpec] | None) -> list[ProviderSpec]:
+    """The caller's providers in the caller's order, with onnxruntime's names (options copied);
+    CPU is added at the end when missing. ``None`` or an empty list gives :func:`onnx_providers`.
+    """
+    if not providers:
+        return onnx_providers()
+    specs: list[ProviderSpec] = [
+        (provider_name(spec[0]), dict(spec[1])) if isinstance(spec, tuple) else provider_name(spec)
+        for spec in providers
+    ]
+    if CPU_PROVIDER not in map(_spec_name, specs):
+        specs.append(CPU_PROVIDER)
     return specs
+
+
+def usable_providers(requested: Sequence[ProviderSpec]) -> list[ProviderSpec]:
+    """The providers of ``requested`` that the installed onnxruntime offers, in order; CPU is always among them.
+
+    What a session is created with: onnxruntime refuses a provider it does not have, so the
+    others are left out here and reported by :func:`report_session_providers`.
+    """
+    available = set(available_providers())
+    usable = [spec for spec in requested_providers(requested) if _spec_name(spec) in available]
+    if CPU_PROVIDER not in map(_spec_name, usable):
+        usable.append(CPU_PROVIDER)
+    return usable
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,12 +277,17 @@ def check_onnxruntime_install() -> str | None:
 
 
 def _fallback_reason(name: str, available: Sequence[str]) -> str:
-    """Why the provider ``name`` was not taken by a session, and what to do."""
-    broken = check_onnxruntime_install()
-    if broken is not None:
-        return broken
+    """Why the provider ``name`` was not taken by a session, and what to do.
+
+    A provider the installed build does not offer points at the build (first of all the
+    install trap); a provider it offers but could not start points at the libraries it needs,
+    whatever else is installed beside it.
+    """
     if name not in available:
-        installed = [f"{name} {version}" for name, version in installed_onnxruntime_distributions().items()]
+        broken = check_onnxruntime_install()
+        if broken is not None:
+            return broken
+        installed = [f"{package} {version}" for package, version in installed_onnxruntime_distributions().items()]
         build = ", ".join(installed) or "no onnxruntime distribution known to pip"
         wanted = _PROVIDER_DISTRIBUTION.get(name, "an onnxruntime build that has it")
         return (
@@ -349,11 +372,8 @@ def create_session(
             where=str(path),
             fix="delete it; it will be downloaded again on next use",
         )
-    requested = _normalise_specs(providers if providers is not None else onnx_providers())
-    available = set(available_providers())
-    usable = [spec for spec in requested if _spec_name(spec) in available]
-    if not any(_spec_name(spec) == CPU_PROVIDER for spec in usable):
-        usable.append(CPU_PROVIDER)
+    requested = requested_providers(providers)
+    usable = usable_providers(requested)
     if options is None:
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: onnxruntime's own warnings (unused initializers...) are noise

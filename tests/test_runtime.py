@@ -115,6 +115,19 @@ def test_auto_picks_the_best_available_gpu(monkeypatch: pytest.MonkeyPatch) -> N
     assert runtime.onnx_providers() == [CPU]
 
 
+def test_requested_and_usable_providers(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_available(monkeypatch, ["TensorrtExecutionProvider", CUDA, CPU])
+    options = {"device_id": 1}
+    requested = runtime.requested_providers([("cuda", options), "rocm"])
+    assert requested == [(CUDA, {"device_id": 1}), "ROCMExecutionProvider", CPU]
+    assert requested[0][1] is not options  # the caller's options are copied, never shared or changed
+    assert runtime.usable_providers(requested) == [(CUDA, {"device_id": 1}), CPU]  # no ROCm in this build
+    assert runtime.requested_providers(None) == runtime.requested_providers([]) == [CUDA, CPU]
+    assert runtime.usable_providers(["cpu", "tensorrt"]) == [CPU, "TensorrtExecutionProvider"]  # the caller's order
+    fake_available(monkeypatch, [CPU])
+    assert runtime.usable_providers(["cuda"]) == [CPU]
+
+
 # --- sessions ---------------------------------------------------------------------------------
 
 
@@ -227,6 +240,25 @@ def test_fallback_reason_prefers_the_install_trap(
     with caplog.at_level(logging.WARNING, logger="facemagic_core.runtime"):
         runtime.create_session(tiny_model, providers=["cuda"])
     assert "uninstall -y onnxruntime onnxruntime-gpu" in caplog.text
+
+
+def test_gpu_build_that_cannot_start_cuda_blames_the_libraries_not_the_install_trap(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both distributions installed but the GPU build in place (it offers CUDA): the CUDA libraries are the cause."""
+
+    class CpuOnlySession:
+        def get_providers(self) -> list[str]:
+            return [CPU]
+
+    fake_distributions(monkeypatch, {"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"})
+    fake_available(monkeypatch, [CUDA, CPU])
+    with caplog.at_level(logging.WARNING, logger="facemagic_core.runtime"):
+        runtime.report_session_providers(CpuOnlySession(), ["cuda"], "recogniser")  # type: ignore[arg-type]
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert "Reason: onnxruntime offers CUDAExecutionProvider but could not start it" in message
+    assert "CUDA or cuDNN libraries" in message
+    assert "uninstall" not in message
 
 
 # --- corrupt files ----------------------------------------------------------------------------
