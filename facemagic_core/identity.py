@@ -266,9 +266,12 @@ def choose_source_faces(
     batches = [images] if isinstance(images, torch.Tensor) else list(images)
     if not batches:
         raise BadInputError("no images were given", fix="pass at least one photo of the person")
-    batches = [check_images(batch, where=f"source images {number + 1}") for number, batch in enumerate(batches)]
-    total = sum(int(batch.shape[0]) for batch in batches)
+    counts = [int(batch.shape[0]) if isinstance(batch, torch.Tensor) and batch.ndim == 4 else 1 for batch in batches]
+    total = sum(counts)
     names = _source_names(sources, total)
+    for number, batch in enumerate(batches):  # all checked before any analysis, each named by its images
+        first = sum(counts[:number])
+        check_images(batch, where=_batch_name(names[first : first + counts[number]]))
     indices = _face_indices(index, total)
 
     chosen: list[SourceFace] = []
@@ -303,6 +306,13 @@ def choose_source_faces(
             chosen.append(SourceFace(face=face, source=names[number], index=wanted, faces_found=len(faces)))
         offset += len(per_image)
     return chosen
+
+
+def _batch_name(names: Sequence[str]) -> str:
+    """How an error names a batch of source images: by its file names (the first and last of a long batch)."""
+    if len(names) > 3:
+        return f"{names[0]} ... {names[-1]} ({len(names)} images)"
+    return ", ".join(names) or "an empty batch of source images"
 
 
 def _source_names(sources: Sequence[str] | None, total: int) -> list[str]:
@@ -501,6 +511,9 @@ def mix_identities(
             raise BadInputError("give slerp either t or weights, not both", where=where)
         if t is None:
             t = 0.5 if weights is None else float(_normalize_weights(weights, 2, where=where)[1])
+        if isinstance(t, bool) or not isinstance(t, int | float | np.floating):
+            raise BadInputError(f"slerp needs t as a number between 0 and 1, got {t!r}", where=where)
+        t = float(t)
         if not (math.isfinite(t) and 0.0 <= t <= 1.0):
             raise BadInputError(f"slerp needs t between 0 and 1, got {t}", where=where)
         endpoint = t in (0.0, 1.0)  # exactly the first or the second identity, bit for bit
@@ -617,7 +630,14 @@ def save_identity(identity: Identity, path: str | os.PathLike[str]) -> None:
         "extra": json.dumps(dict(identity.extra)),
     }
     tensors = {"embeddings": np.ascontiguousarray(identity.embeddings, dtype=np.float32)}
-    atomic_write_bytes(file, save_safetensors(tensors, metadata=metadata))
+    try:
+        atomic_write_bytes(file, save_safetensors(tensors, metadata=metadata))
+    except OSError as error:
+        raise BadInputError(
+            f"cannot write the identity file ({error.strerror or error})",
+            where=str(file),
+            fix="choose a file in a folder you can write to (and a disk with free space)",
+        ) from error
     logger.debug("saved identity %s (%s, %d block rows)", file, identity.embedding_model, identity.num_blocks)
 
 
@@ -660,8 +680,12 @@ def load_identity(path: str | os.PathLike[str], *, embedding_model: str | None =
         raise _damaged(file, f"cannot read the identity file: {error}") from error
 
     version_text = metadata.get("format_version")
-    if version_text is None or stored is None:
-        raise _damaged(file, "this .safetensors file is not a FaceMagic identity (no format_version or embeddings)")
+    if version_text is None or stored is None or metadata.get("format", IDENTITY_FORMAT_NAME) != IDENTITY_FORMAT_NAME:
+        raise _damaged(
+            file,
+            "this .safetensors file is not a FaceMagic identity "
+            f"(format {metadata.get('format', 'not stated')!r}, tensors {sorted(names) or 'none'})",
+        )
     try:
         version = int(version_text)
     except ValueError as error:
@@ -705,13 +729,16 @@ def load_identity(path: str | os.PathLike[str], *, embedding_model: str | None =
     except (TypeError, ValueError) as error:
         raise _damaged(file, f"the identity weights are not numbers: {weights!r}") from error
 
-    identity = Identity(
-        np.ascontiguousarray(np.atleast_2d(stored), dtype=np.float32),
-        embedding_model=stored_model,
-        sources=tuple(str(source) for source in sources),
-        weights=weight_values,
-        mode=metadata.get("mode", "single"),
-        extra={str(key): str(value) for key, value in extra.items()},
-    )
+    try:
+        identity = Identity(
+            np.ascontiguousarray(np.atleast_2d(stored), dtype=np.float32),
+            embedding_model=stored_model,
+            sources=tuple(str(source) for source in sources),
+            weights=weight_values,
+            mode=metadata.get("mode", "single"),
+            extra={str(key): str(value) for key, value in extra.items()},
+        )
+    except BadInputError as error:  # e.g. an all-zero row: say which file holds it
+        raise BadInputError(error.what, where=str(file), fix=error.fix) from error
     logger.debug("loaded identity %s (%s, %d block rows)", file, stored_model, identity.num_blocks)
     return identity

@@ -9,6 +9,7 @@ users expect a command line to behave.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInputError
 from .files import atomic_path
@@ -27,12 +28,22 @@ logger = logging.getLogger(__name__)
 MIN_IMAGE_SIDE = 32
 #: Largest image side accepted; larger frames should be resized first.
 MAX_IMAGE_SIDE = 16384
+#: Values above this mean the pixels are on another scale (0..255), not [0, 1]. Resamplers and
+#: upscalers overshoot [0, 1] a little (clamped later), a photo on the 0..255 scale reaches far above.
+MAX_PIXEL_VALUE = 1.5
+#: Values below this mean the pixels are on the [-1, 1] scale of a network's output, not [0, 1].
+MIN_PIXEL_VALUE = -0.5
+#: Full scale of the 16-bit grey pictures Pillow opens in its "I;16" and "I" modes (16-bit PNG, TIFF).
+_SIXTEEN_BIT_MAX = 65535.0
 
 
 def check_images(images: object, *, where: str = "images") -> torch.Tensor:
     """Return ``images`` if it is a usable ``(B, 3, H, W)`` batch, else raise ``BadInputError``.
 
-    The tensor is returned as it is (no copy), so callers must not modify it in place.
+    The tensor is returned as it is (no copy), so callers must not modify it in place. Values are
+    checked in one pass over the pixels: NaN and infinities are refused, and so are values outside
+    [:data:`MIN_PIXEL_VALUE`, :data:`MAX_PIXEL_VALUE`] (pixels on the 0..255 or -1..1 scale);
+    small overshoots of [0, 1] are accepted (later stages clamp them).
     """
     if not isinstance(images, torch.Tensor):
         raise BadInputError(
@@ -77,9 +88,22 @@ def check_images(images: object, *, where: str = "images") -> torch.Tensor:
             where=where,
             fix="convert with images.float() / 255",
         )
-    if not bool(torch.isfinite(images).all()):
+    low, high = (float(value) for value in torch.aminmax(images))  # NaN propagates into both, inf into one
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise BadInputError(
             "the images contain NaN or infinite values", where=where, fix="check the node or code that produced them"
+        )
+    if high > MAX_PIXEL_VALUE:
+        raise BadInputError(
+            f"the image values reach {high:g}: they look like 0..255 pixels, not the 0..1 FaceMagic expects",
+            where=where,
+            fix="divide the images by 255",
+        )
+    if low < MIN_PIXEL_VALUE:
+        raise BadInputError(
+            f"the image values go down to {low:g}: they look like -1..1 pixels, not the 0..1 FaceMagic expects",
+            where=where,
+            fix="convert them with (images + 1) / 2",
         )
     return images
 
@@ -87,8 +111,10 @@ def check_images(images: object, *, where: str = "images") -> torch.Tensor:
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """Read an image file as a ``(1, 3, H, W)`` float32 RGB tensor in [0, 1].
 
-    Grey, palette and RGBA files are converted to RGB (alpha is dropped). For animated files
-    only the first frame is read; use :func:`facemagic_core.video.read_frames` for all frames.
+    Grey (8 and 16 bit), palette, CMYK and RGBA files are converted to RGB (alpha is dropped).
+    The EXIF orientation of camera photos is applied, so a portrait shot is upright as in any
+    image viewer. For animated files only the first frame is read; use
+    :func:`facemagic_core.video.read_frames` for all frames.
     """
     file = Path(path)
     if not file.is_file():
@@ -96,8 +122,13 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     try:
         with Image.open(file) as picture:
             picture.seek(0)
-            rgb = np.array(picture.convert("RGB"), dtype=np.uint8)  # a writable copy
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+            upright = ImageOps.exif_transpose(picture)
+            if upright.mode in ("I;16", "I;16L", "I;16B", "I"):
+                # Pillow's convert("RGB") clips 16-bit values at 255: scale them to [0, 1] here instead.
+                grey = np.asarray(upright, dtype=np.float32) / np.float32(_SIXTEEN_BIT_MAX)
+                return torch.from_numpy(np.clip(grey, 0.0, 1.0)).expand(1, 3, *grey.shape).contiguous()
+            rgb = np.array(upright.convert("RGB"), dtype=np.uint8)  # a writable copy
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:  # Pillow's parsers raise all four
         raise BadInputError(
             f"cannot read the image: {error}", where=str(file), fix="use a JPEG, PNG or WebP file that opens elsewhere"
         ) from error
@@ -132,11 +163,15 @@ def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
             raise BadInputError(f"save_image writes one image, got a batch of {image.shape[0]}", where=str(path))
         image = image[0]
     bgr = tensor_to_bgr_uint8(image)
-    with atomic_path(path) as temporary:
-        if not cv2.imwrite(str(temporary), bgr):
-            raise BadInputError(
-                "cannot write the image",
-                where=str(path),
-                fix="use a .png, .jpg or .webp file name in a writable folder",
-            )
+    try:
+        with atomic_path(path) as temporary:
+            written = cv2.imwrite(str(temporary), bgr)
+            if not written:
+                raise OSError("OpenCV wrote nothing")
+    except (OSError, cv2.error) as error:
+        raise BadInputError(
+            f"cannot write the image ({error})",
+            where=str(path),
+            fix="use a .png, .jpg or .webp file name in a writable folder",
+        ) from error
     logger.debug("wrote %s", path)

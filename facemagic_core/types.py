@@ -74,7 +74,8 @@ class Identity:
     ``embeddings`` has shape ``(K, D)``. ``K == 1`` means the same identity for every block.
     A generator with ``n`` blocks gives block ``i`` the row ``i * K // n`` (see
     :meth:`for_blocks`), so ``K == 2`` is a coarse half and a fine half, and ``K == n`` is one
-    row per block. Rows are normalised on construction.
+    row per block. Rows are normalised on construction (``embeddings`` may be given as any float
+    array or tensor, on any device; it is stored as a new float32 numpy array, the input is not modified).
     """
 
     embeddings: FloatArray
@@ -85,7 +86,17 @@ class Identity:
     extra: dict[str, str] = field(default_factory=dict)  # free-form provenance kept in saved files
 
     def __post_init__(self) -> None:
-        array = np.asarray(self.embeddings, dtype=np.float32)
+        raw: object = self.embeddings
+        if isinstance(raw, torch.Tensor):
+            raw = raw.detach().to("cpu", torch.float32).numpy()
+        try:
+            array = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise BadInputError(
+                f"an identity needs numbers, got {type(self.embeddings).__name__}",
+                where=f"identity from {', '.join(self.sources) or 'unknown source'}",
+                fix="pass a float array of embeddings (one row per generator block)",
+            ) from error
         if array.ndim == 1:
             array = array[None, :]
         if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:

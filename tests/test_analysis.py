@@ -21,7 +21,7 @@ from facemagic_core.align import align_faces
 from facemagic_core.analysis import FaceAnalyzer, face_similarities, select_faces, sort_faces
 from facemagic_core.errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
 from facemagic_core.images import load_image, rgb_uint8_to_tensor, tensor_to_bgr_uint8
-from facemagic_core.types import Face
+from facemagic_core.types import Face, Identity
 
 CPU = ["cpu"]
 
@@ -271,14 +271,26 @@ def test_settings_are_checked(pack: Path) -> None:
         (torch.full((1, 3, 64, 64), float("nan")), "NaN"),
         (torch.zeros(3, 64, 64), "batch"),
         (np.zeros((1, 3, 64, 64), np.float32), "tensor"),
+        (torch.full((1, 3, 64, 64), 200.0), "divide the images by 255"),
+        (torch.full((1, 3, 64, 64), -1.0), r"\(images \+ 1\) / 2"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "float"),
     ],
-    ids=["empty", "grey", "rgba", "tiny", "nan", "unbatched", "numpy"],
+    ids=["empty", "grey", "rgba", "tiny", "nan", "unbatched", "numpy", "0..255", "-1..1", "uint8"],
 )
 def test_bad_images_raise_clear_errors(analyzer: FaceAnalyzer, images: object, words: str) -> None:
     for call in (analyzer.detect_faces, analyzer.analyze):
         with pytest.raises(FaceMagicError, match=words) as caught:
             call(images)  # type: ignore[arg-type]
         assert isinstance(caught.value, BadInputError) and caught.value.fix
+
+
+def test_small_overshoots_are_accepted_and_inputs_kept(analyzer: FaceAnalyzer, cells: torch.Tensor) -> None:
+    """Resamplers overshoot [0, 1] a little; such images are analysed as if clamped, and never changed."""
+    overshoot = cells[:1] + 0.03 * (cells[:1] == 1.0) - 0.02 * (cells[:1] == 0.0)  # clamps back to cells[:1]
+    before = overshoot.clone()
+    faces = analyzer.detect_faces(overshoot)[0]
+    assert torch.equal(overshoot, before)
+    assert [face.score for face in faces] == pytest.approx([f.score for f in analyzer.detect_faces(cells[:1])[0]])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -318,6 +330,23 @@ def test_yunet_finds_the_six_faces_of_t1(yunet: FaceAnalyzer, t1_path: Path) -> 
         assert distances.mean() < 0.1 * face.size
         offsets.append(face.landmarks_5 - nearest.landmarks_5)
     assert np.abs(np.mean(offsets, axis=(0, 1))).max() < 2.0
+
+
+def test_yunet_maps_points_of_a_downscaled_picture_back_exactly(yunet: FaceAnalyzer, faces_dir: Path) -> None:
+    """A picture twice as large as det_size is detected at det_size and mapped back to its own pixels.
+
+    Each pixel of ``small`` becomes a 2x2 block of ``large``, so YuNet sees exactly ``small`` again
+    (INTER_AREA averages the blocks) and must report the same points; pixel ``i`` of ``small`` covers
+    pixels ``2i`` and ``2i + 1`` of ``large``, so a point ``p`` maps to ``2p + 0.5`` (pixel centres at integers).
+    """
+    small = load_image(faces_dir / "anni.jpg")
+    assert max(small.shape[2:]) == yunet.det_size
+    large = small.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    (at_small,), (at_large,) = yunet.detect_faces(small), yunet.detect_faces(large)
+    assert len(at_small) == len(at_large) == 1
+    np.testing.assert_allclose(at_large[0].landmarks_5, 2 * at_small[0].landmarks_5 + 0.5, atol=1e-3)
+    np.testing.assert_allclose(at_large[0].bbox, 2 * at_small[0].bbox + 0.5, atol=1e-3)
+    assert at_large[0].score == pytest.approx(at_small[0].score, abs=1e-6)
 
 
 def test_yunet_finds_one_face_in_every_portrait(yunet: FaceAnalyzer, faces_dir: Path) -> None:
@@ -402,3 +431,9 @@ def test_select_faces_by_similarity_to_a_reference() -> None:
         select_faces([a], reference=np.ones(2))
     with pytest.raises(BadInputError, match="all zeros"):
         select_faces([a], reference=np.zeros(3))
+    # an identity (its mean row) or a torch vector is a reference as well
+    identity = Identity(np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.2]]), embedding_model="arcface_w600k_r50")
+    assert select_faces([a, b, c], reference=identity) == [b]
+    assert select_faces([a, b, c], reference=torch.tensor([0.0, 0.0, 1.0])) == [c]
+    with pytest.raises(BadInputError, match="embedding or an identity"):
+        select_faces([a], reference="person.safetensors")  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from PIL import Image
 from facemagic_core.cli import DEFAULT_MODEL_DIR, main
 from facemagic_core.cli import identity as identity_command
 from facemagic_core.errors import ModelNotFoundError
+from facemagic_core.hub import get_model_spec
 from facemagic_core.identity import load_identity, save_identity
 from facemagic_core.types import Face, Identity
 
@@ -205,7 +208,6 @@ def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
 def test_missing_models_offline_exit_1(
     tmp_path: Path, detector: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("facemagic_core.hub", reason="hub.py (ensure_model) is not in this build yet")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: never the real Hub
     models = tmp_path / "models"
@@ -228,15 +230,87 @@ def test_missing_models_offline_exit_1(
     assert code == 1
     error = capsys.readouterr().err
     assert "facemagic: error:" in error and str(models) in error
-    assert ("buffalo_l" if detector == "insightface" else "yunet") in error
+    # every missing file is named at once, with its repo, its URL and where exactly to put it
+    needed = ["buffalo_l"] if detector == "insightface" else ["yunet", "arcface_w600k_r50"]
+    for name in needed:
+        spec = get_model_spec(name)
+        assert spec.repo_id in error and f"/resolve/main/{spec.filename}" in error, name
+        assert str(models / spec.local_path) in error, name
+    if len(needed) > 1:
+        assert "2 models are missing: yunet, arcface_w600k_r50" in error
     assert not (tmp_path / "me.safetensors").exists()
+    assert sorted(path.name for path in models.iterdir()) == []  # nothing was written to the model folder
+
+
+def test_identity_command_with_the_real_yunet_and_models_trusted_on_first_use(
+    tmp_path: Path,
+    faces_dir: Path,
+    yunet_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The issue's "done when": YuNet and an ArcFace file placed by hand in the model folder, no network."""
+    from tiny_models import write_arcface
+
+    from facemagic_core.hub import LOCK_FILE_NAME
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(yunet_path, models / get_model_spec("yunet").local_path)
+    write_arcface(models / get_model_spec("arcface_w600k_r50").local_path)
+    output = tmp_path / "anni.safetensors"
+    command = ["identity", str(faces_dir / "anni.jpg"), "-o", str(output), "--detector", "yunet"]
+    assert main([*command, "--models", str(models), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "1. anni.jpg: face 0 of 1 (largest first)" in printed
+    identity = load_identity(output, embedding_model=MODEL)
+    assert identity.sources == ("anni.jpg",) and identity.num_blocks == 1
+    lock = json.loads((models / LOCK_FILE_NAME).read_text())["files"]
+    assert {entry["source"] for entry in lock.values()} == {"local"} and len(lock) == 2
+    # a model file changed after that first use is refused, never loaded
+    (models / get_model_spec("arcface_w600k_r50").local_path).write_bytes(b"not the recorded file")
+    assert main([*command, "--models", str(models), "--device", "cpu"]) == 1
+    assert "arcface_w600k_r50 is truncated" in capsys.readouterr().err
+
+
+def test_photos_are_read_upright_and_16_bit_grey_keeps_its_levels(tmp_path: Path) -> None:
+    from facemagic_core.images import load_image
+
+    picture = np.zeros((40, 60, 3), np.uint8)
+    picture[:10, :10] = 255  # a white corner, top left as the camera stored it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation 6: turn 90 degrees clockwise to show it
+    Image.fromarray(picture).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    upright = load_image(tmp_path / "phone.jpg")
+    assert upright.shape == (1, 3, 60, 40)  # portrait, as any viewer shows it
+    assert float(upright[0, :, :10, -10:].mean()) > 0.9  # the corner is now top right
+    assert float(upright[0, :, :10, :10].mean()) < 0.1
+
+    levels = np.linspace(0, 65535, 48 * 48).reshape(48, 48).astype(np.uint16)
+    Image.fromarray(levels).save(tmp_path / "scan.png")
+    grey = load_image(tmp_path / "scan.png")
+    assert grey.shape == (1, 3, 48, 48) and grey.dtype == torch.float32
+    np.testing.assert_allclose(grey[0, 1].numpy(), levels / 65535.0, atol=1e-6)
+    assert torch.equal(grey[0, 0], grey[0, 2])
+
+
+def test_unwritable_preview_is_a_clear_error(
+    tmp_path: Path, analyzer: ColourKeyedAnalyzer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = write_photo(tmp_path / "a1.png", 10)
+    (tmp_path / "file").write_text("a file where a folder should be")
+    preview = tmp_path / "file" / "crops.png"
+    assert main(["identity", str(photo), "-o", str(tmp_path / "p.safetensors"), "--preview", str(preview)]) == 1
+    error = capsys.readouterr().err
+    assert "cannot write the image" in error and str(preview) in error
 
 
 def test_commands_end_to_end_with_a_tiny_model_pack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No fakes: the registry finds a (tiny) buffalo_l pack in the model folder and the real analyzer runs it."""
-    pytest.importorskip("facemagic_core.hub", reason="hub.py (ensure_model) is not in this build yet")
     from tiny_models import bright_cell_image, write_pack
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

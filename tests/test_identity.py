@@ -457,6 +457,57 @@ def test_load_refuses_damaged_files(tmp_path: Path) -> None:
         save_identity(random_identity(1), tmp_path / "person.pt")
 
 
+def test_load_refuses_foreign_files_and_names_the_file_on_bad_rows(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.safetensors"  # what another tool might write: our keys, not our format
+    _write_raw(foreign, np.ones((1, 8), np.float32), format="pt")
+    with pytest.raises(BadInputError, match="not a FaceMagic identity") as caught:
+        load_identity(foreign)
+    assert "'pt'" in str(caught.value)
+    zeros = tmp_path / "zeros.safetensors"
+    _write_raw(zeros, np.zeros((2, 8), np.float32))
+    with pytest.raises(BadInputError, match="all zeros") as caught:
+        load_identity(zeros)
+    assert str(zeros) in str(caught.value)
+
+
+def test_save_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where a folder should be")
+    target = blocker / "person.safetensors"
+    with pytest.raises(BadInputError, match="cannot write the identity file") as caught:
+        save_identity(random_identity(1), target)
+    assert str(target) in str(caught.value) and caught.value.fix
+
+
+def test_identity_inputs_are_checked_and_never_modified() -> None:
+    for bad in ("abc", np.array(["a", "b"]), object()):
+        with pytest.raises(BadInputError, match="needs numbers"):
+            Identity(bad, embedding_model=MODEL)  # type: ignore[arg-type]
+    raw = torch.tensor([[3.0, 4.0]], dtype=torch.float16)
+    identity = Identity(raw, embedding_model=MODEL)  # type: ignore[arg-type]
+    np.testing.assert_allclose(identity.embeddings, [[0.6, 0.8]], atol=1e-3)
+    assert identity.embeddings.dtype == np.float32 and raw.tolist() == [[3.0, 4.0]]
+    array = np.array([3.0, 4.0], dtype=np.float32)
+    Identity(array, embedding_model=MODEL)
+    assert array.tolist() == [3.0, 4.0]
+    a, b = random_identity(1), random_identity(2)
+    with pytest.raises(BadInputError, match="t as a number"):
+        mix_identities([a, b], method="slerp", t="0.5")  # type: ignore[arg-type]
+
+
+def test_bad_source_image_is_named_by_its_file() -> None:
+    analyzer = FakeAnalyzer([[make_face(40, np.ones(512, dtype=np.float32))]] * 3)
+    images = [torch.rand(1, 3, 64, 64), torch.rand(1, 3, 16, 16)]
+    with pytest.raises(BadInputError, match="16x16") as caught:
+        extract_identity(analyzer, images, sources=["me.jpg", "tiny.png"])
+    assert "(tiny.png)" in str(caught.value)
+    assert analyzer.calls == []  # every image is checked before any is analysed
+    with pytest.raises(BadInputError, match=r"RGBA.*a\.png, b\.png"):
+        extract_identity(analyzer, torch.rand(2, 4, 64, 64), sources=["a.png", "b.png"])
+    with pytest.raises(BadInputError, match=r"single image.*\(c\.png\).*batch dimension"):
+        extract_identity(analyzer, [torch.rand(3, 64, 64)], sources=["c.png"])
+
+
 def test_choose_source_faces_with_the_real_yunet_detector(
     tmp_path: Path, faces_dir: Path, yunet_path: Path, t1_path: Path
 ) -> None:

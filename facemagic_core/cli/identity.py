@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, ModelNotFoundError
 from ..identity import (
     IDENTITY_SUFFIX,
     SourceFace,
@@ -51,17 +51,43 @@ def build_analyzer(model_dir: Path, backend: str, device: str) -> FaceAnalyzer:
     :class:`~facemagic_core.errors.ModelNotFoundError` says which file to put where.
     """
     from ..analysis import FaceAnalyzer
-    from ..hub import ensure_model
     from ..runtime import onnx_providers
 
     if backend not in DETECTOR_BACKENDS:
         raise BadInputError(f"unknown detector {backend!r}", fix=f"use one of {', '.join(DETECTOR_BACKENDS)}")
     providers = onnx_providers(device)
     if backend == "insightface":
-        return FaceAnalyzer.from_pack(ensure_model("buffalo_l", model_dir), providers=providers)
-    detector = ensure_model("yunet", model_dir)
-    recognizer = ensure_model("arcface_w600k_r50", model_dir)
+        (pack,) = ensure_models(["buffalo_l"], model_dir)
+        return FaceAnalyzer.from_pack(pack, providers=providers)
+    detector, recognizer = ensure_models(["yunet", "arcface_w600k_r50"], model_dir)
     return FaceAnalyzer(backend="yunet", detector=detector, recognizer=recognizer, providers=providers)
+
+
+def ensure_models(names: Sequence[str], model_dir: Path) -> list[Path]:
+    """:func:`~facemagic_core.hub.ensure_model` for each name; every missing model is named in one error.
+
+    A newcomer without the models then learns in one run all the files to fetch, not one per run.
+    """
+    from ..hub import ensure_model
+
+    paths: list[Path] = []
+    missing: dict[str, ModelNotFoundError] = {}
+    for name in names:
+        try:
+            paths.append(ensure_model(name, model_dir))
+        except ModelNotFoundError as error:
+            missing[name] = error
+    if len(missing) == 1:
+        raise next(iter(missing.values()))
+    if missing:
+        steps = "".join(
+            f"\n  {number}. {name}: {error.what}: {error.fix}"
+            for number, (name, error) in enumerate(missing.items(), start=1)
+        )
+        raise ModelNotFoundError(
+            f"{len(missing)} models are missing: {', '.join(missing)}", where=str(model_dir), fix=steps
+        )
+    return paths
 
 
 def parse_face_index(text: str) -> int | list[int]:
