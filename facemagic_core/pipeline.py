@@ -70,7 +70,7 @@ from .blend import (
     poisson_blend,
 )
 from .errors import BadInputError, CancelledError, IncompatibleIdentityError, NoFaceError
-from .generators.base import SwapModel, SwapOutput, swap_woven
+from .generators.base import SwapModel, SwapOutput, is_out_of_memory, swap_woven
 from .images import check_images
 from .pose import FAILURE_POLICIES, FailurePolicy, PoseReport, PoseThresholds, apply_pose_policy, check_pose
 from .types import EMBEDDING_DIM, FACE_ORDERS, Face, FaceOrder, FloatArray, Identity, ProgressCallback
@@ -596,8 +596,8 @@ def prepare_swap(
 
 
 def _generator_id_dim(generator: SwapModel) -> int:
-    cfg = getattr(generator, "cfg", None)
-    return int(getattr(cfg, "id_dim", EMBEDDING_DIM))
+    """Numbers per identity embedding the generator takes (TorchSwapper and OnnxSwapper say; else ArcFace's 512)."""
+    return int(getattr(generator, "id_dim", EMBEDDING_DIM))
 
 
 def check_identity(identity: Identity, generator: SwapModel, *, where: str = "identity") -> None:
@@ -910,12 +910,6 @@ def blend_swap(
 # 7. Everything over a batch
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-    )
-
-
 @dataclass(frozen=True, eq=False)
 class _ChunkResult:
     images: Tensor
@@ -1063,8 +1057,15 @@ def swap_faces(
                     mask_part,
                 )
             except (torch.OutOfMemoryError, RuntimeError) as error:
-                if not _is_out_of_memory(error) or part_stop - part_start == 1:
+                if not is_out_of_memory(error):
                     raise
+                if part_stop - part_start == 1:
+                    raise BadInputError(
+                        f"out of memory on {generator.device} even with one frame per chunk",
+                        where=_frame_label(frame_offset + start + part_start, whole),
+                        fix="use a smaller weave factor or dtype fp16, free memory held by other models, "
+                        "or run on the CPU",
+                    ) from error
                 chunk = max(1, (part_stop - part_start) // 2)
                 if generator.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -279,3 +279,48 @@ def test_bad_files_and_identities_raise_clear_errors(tmp_path: Path) -> None:
     onnx.save(model, str(recogniser))
     with pytest.raises(BadInputError, match="not a face swapper"):
         OnnxSwapper(recogniser, providers=["CPUExecutionProvider"])
+
+
+def test_dynamic_batch_files_get_at_most_max_batch_faces_a_call(tmp_path: Path) -> None:
+    path = tmp_path / "swapper.onnx"
+    params = write_swapper_graph(path)
+    spec = OnnxSwapperSpec("tiny", 32, "minus_one_one", embedding="normalised")
+    session = CountingSession(path)
+    swapper = OnnxSwapper(path, spec=spec, session=session, max_batch=2)  # type: ignore[arg-type]
+    crops, source, target, strength = swap_inputs(batch=5)
+    out = swapper.swap(crops, source, target, strength)
+    assert session.batches == [2, 2, 1]
+    assert_close(out.images, expected_output(params, spec, crops, source, target, strength, None))
+
+
+class ProviderSession(CountingSession):
+    """A CPU session that says it runs on ``provider`` with ``device_id`` 1."""
+
+    def __init__(self, path: Path, provider: str) -> None:
+        super().__init__(path)
+        self.provider = provider
+
+    def get_providers(self) -> list[str]:
+        return [self.provider, "CPUExecutionProvider"]
+
+    def get_provider_options(self) -> dict[str, dict[str, str]]:
+        return {self.provider: {"device_id": "1"}}
+
+
+def test_crops_live_on_the_sessions_gpu_only_when_torch_reaches_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "swapper.onnx"
+    write_swapper_graph(path)
+    spec = OnnxSwapperSpec("tiny", 32, "minus_one_one", embedding="normalised")
+
+    def device(provider: str) -> torch.device:
+        return OnnxSwapper(path, spec=spec, session=ProviderSession(path, provider)).device  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device("CUDAExecutionProvider") == torch.device("cuda", 1)
+    assert device("ROCMExecutionProvider") == torch.device("cuda", 1)
+    assert device("DmlExecutionProvider") == torch.device("cpu")  # DirectML is no torch device
+    assert device("CPUExecutionProvider") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only torch beside onnxruntime-gpu
+    assert device("CUDAExecutionProvider") == torch.device("cpu")

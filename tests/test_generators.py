@@ -501,6 +501,17 @@ def test_swap_woven_swaps_every_interleaved_sub_image() -> None:
     assert_close(woven.mask[:, :, 1::2, 0::2], single_mask, rtol=1e-5, atol=1e-5)
 
 
+def test_swap_woven_takes_the_generators_own_identity_size() -> None:
+    cfg = GeneratorConfig(**TINY, blocks_per_scale=(1, 1), id_dim=64, mask_head=False)
+    swapper = TorchSwapper(build(cfg), name="64-d")
+    assert swapper.id_dim == 64
+    _, source, target, strength = inputs(cfg)
+    woven = swap_woven(swapper, torch.rand(2, 3, 64, 64), source, target, strength, factor=2)
+    assert woven.images.shape == (2, 3, 64, 64)
+    with pytest.raises(IncompatibleIdentityError, match="512 numbers per embedding but 64-d takes 64"):
+        swap_woven(swapper, torch.rand(2, 3, 64, 64), unit(2, 2, 512, seed=1), unit(2, 512, seed=2), 1.0, factor=2)
+
+
 def test_identity_dtype_is_float32_numpy_compatible() -> None:
     """Identities may come as numpy arrays (Identity.for_blocks) and are accepted as such."""
     cfg = INSWAPPER_TINY

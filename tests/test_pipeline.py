@@ -288,6 +288,10 @@ def test_out_of_memory_halves_the_chunk_and_retries(clip_frames: torch.Tensor, a
     reference = swap_faces(clip_frames, unit_identity(4), analyzer, FakeSwapper("tint", size=64))
     torch.testing.assert_close(result.images, reference.images, rtol=0, atol=1e-6)
     assert all(source.shape[0] == 1 for source, _ in fake.calls)
+    hopeless = FakeSwapper("tint", size=64, oom_above=0)  # even one face does not fit
+    with pytest.raises(BadInputError, match="out of memory on cpu even with one frame per chunk") as error:
+        swap_faces(clip_frames, unit_identity(4), analyzer, hopeless, SwapOptions(chunk_size=4))
+    assert "frame 1 of 4" in str(error.value) and error.value.fix
 
 
 def test_a_cancelling_progress_callback_stops_the_run(clip_frames: torch.Tensor, analyzer: FaceAnalyzer) -> None:

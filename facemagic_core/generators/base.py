@@ -27,6 +27,7 @@ from ..align import TemplateName
 from ..errors import BadInputError, IncompatibleIdentityError
 from ..images import check_images
 from ..runtime import resolve_device, resolve_dtype
+from ..types import EMBEDDING_DIM
 from .config import GeneratorConfig
 from .network import SwapGenerator
 
@@ -90,17 +91,16 @@ def _as_float_tensor(value: object, *, what: str, device: torch.device) -> Tenso
 
 
 def check_swap_inputs(
-    crops: object,
-    source: object,
-    target: object,
-    strength: object,
-    *,
-    input_size: int,
-    num_blocks: int,
-    id_dim: int = 512,
-    name: str = "generator",
+    model: SwapModel, crops: object, source: object, target: object, strength: object, *, input_size: int | None = None
 ) -> SwapInputs:
-    """Validate and broadcast swap inputs; every problem is a FaceMagicError that says how to fix it."""
+    """Validate and broadcast the inputs of ``model.swap``; every problem is a FaceMagicError that says how to fix it.
+
+    Crops must be ``input_size`` pixels (default ``model.input_size``), identities ``model.id_dim``
+    numbers (512 when the model does not say), with ``model.num_blocks`` rows or one.
+    """
+    name, num_blocks = model.name, int(model.num_blocks)
+    id_dim = int(getattr(model, "id_dim", EMBEDDING_DIM))
+    input_size = model.input_size if input_size is None else input_size
     images = check_images(crops, where="crops")
     batch, _, height, width = images.shape
     if height != input_size or width != input_size:
@@ -170,8 +170,11 @@ def to_model_range(crops: Tensor, value_range: str) -> Tensor:
 # Torch runner
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device out-of-memory error (CUDA's, or a RuntimeError saying so, as others raise)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
 
 
 class TorchSwapper:
@@ -208,6 +211,7 @@ class TorchSwapper:
         self.template: TemplateName = self.cfg.template
         self.embedding_model = self.cfg.embedding_model
         self.num_blocks = self.cfg.num_blocks
+        self.id_dim = self.cfg.id_dim
         self.device = resolved
         self.dtype = wanted
         self.chunk_size = max(1, int(chunk_size))
@@ -216,16 +220,7 @@ class TorchSwapper:
         return f"TorchSwapper({self.name!r}, {self.cfg.arch}, {self.device}, {self.dtype})"
 
     def swap(self, crops: Tensor, source: Tensor, target: Tensor, strength: Tensor) -> SwapOutput:
-        inputs = check_swap_inputs(
-            crops,
-            source,
-            target,
-            strength,
-            input_size=self.input_size,
-            num_blocks=self.num_blocks,
-            id_dim=self.cfg.id_dim,
-            name=self.name,
-        )
+        inputs = check_swap_inputs(self, crops, source, target, strength)
         out_device = inputs.crops.device
         images: list[Tensor] = []
         masks: list[Tensor] = []
@@ -235,8 +230,8 @@ class TorchSwapper:
             try:
                 rgb, mask = self._forward(inputs, start, stop)
             except (torch.OutOfMemoryError, RuntimeError) as error:
-                if not _is_out_of_memory(error) or chunk == 1:
-                    if _is_out_of_memory(error):
+                if not is_out_of_memory(error) or chunk == 1:
+                    if is_out_of_memory(error):
                         raise BadInputError(
                             f"out of memory on {self.device} even with one face per call",
                             where=self.name,
@@ -313,9 +308,7 @@ def swap_woven(
         )
     if factor == 1:
         return model.swap(images, source, target, strength)
-    inputs = check_swap_inputs(
-        images, source, target, strength, input_size=size, num_blocks=model.num_blocks, name=model.name
-    )
+    inputs = check_swap_inputs(model, images, source, target, strength, input_size=size)
     copies = factor * factor
 
     def repeat(x: Tensor) -> Tensor:  # sub-image order is (i, j, batch): tile the batch N*N times

@@ -29,9 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import BadInputError
 from .config import Arch, GeneratorConfig
-from .network import SwapGenerator, effective_identity, extra_repr_config
+from .network import SwapGenerator, effective_identity
 
 
 def _groups(channels: int) -> int:
@@ -206,13 +205,8 @@ class FaceMagicGenerator(SwapGenerator):
     def __init__(
         self, cfg: GeneratorConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> None:
-        super().__init__()
-        if cfg.arch != self.arch:
-            raise BadInputError(
-                f"FaceMagicGenerator needs arch='facemagic', got {cfg.arch!r}", fix="use SwapGenerator.from_config"
-            )
+        super().__init__(cfg)
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.cfg = cfg
         levels = cfg.num_downsamples
         channels = [cfg.level_channels(level) for level in range(levels + 1)]
         self.stem = nn.Conv2d(3, channels[0], 3, padding=1, **kw)
@@ -231,9 +225,6 @@ class FaceMagicGenerator(SwapGenerator):
         self.to_mask = nn.Conv2d(channels[0], 1, 3, padding=1, **kw) if cfg.mask_head else None
         # which block's effective identity is concatenated before the decoder: the last coarse one
         self.concat_block = max(cfg.blocks_per_scale[0] - 1, 0)
-
-    def extra_repr(self) -> str:
-        return extra_repr_config(self.cfg)
 
     def _inject(self, x: Tensor, scale: int, source: Tensor, target: Tensor, strength: Tensor) -> Tensor:
         """Run the Style Mix Blocks of ``scale`` in order."""

@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import BadInputError
 from .config import Arch, GeneratorConfig
-from .network import SwapGenerator, effective_identity, extra_repr_config
+from .network import SwapGenerator, effective_identity
 
 
 def normalize_rms(x: Tensor, eps: float) -> Tensor:
@@ -82,14 +81,8 @@ class InswapperGenerator(SwapGenerator):
     def __init__(
         self, cfg: GeneratorConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> None:
-        super().__init__()
-        if cfg.arch != self.arch:
-            raise BadInputError(
-                f"InswapperGenerator needs arch='inswapper', got {cfg.arch!r}",
-                fix="build the config with GeneratorConfig.inswapper_layout",
-            )
+        super().__init__(cfg)
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.cfg = cfg
         c = cfg.channels
         self.stem = nn.Conv2d(3, c, 7, **kw)
         self.conv1 = nn.Conv2d(c, 2 * c, 3, padding=1, **kw)
@@ -105,9 +98,6 @@ class InswapperGenerator(SwapGenerator):
         # identity -> latent map of the public file (its last initializer); identity until converted
         emap = torch.empty(cfg.id_dim, cfg.id_dim, **kw)
         self.register_buffer("emap", emap if emap.is_meta else nn.init.eye_(emap))
-
-    def extra_repr(self) -> str:
-        return extra_repr_config(self.cfg)
 
     def compute_latents(self, source: Tensor, target: Tensor, strength: Tensor) -> Tensor:
         """Per-block latents ``(B, K, D)`` from embeddings: ``normalize(lerp(t, s_k, w_k)) @ emap``."""

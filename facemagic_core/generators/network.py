@@ -33,6 +33,9 @@ from .config import Arch, GeneratorConfig
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .facemagic import FaceMagicGenerator
+    from .inswapper import InswapperGenerator
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
@@ -65,6 +68,21 @@ class SwapGenerator(nn.Module):
 
     arch: ClassVar[Arch]
     cfg: GeneratorConfig
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        if cfg.arch != self.arch:
+            raise BadInputError(
+                f"{type(self).__name__} builds arch={self.arch!r}, the config has {cfg.arch!r}",
+                where="generator config",
+                fix="build the module with SwapGenerator.from_config (or GeneratorConfig.inswapper_layout)",
+            )
+        self.cfg = cfg
+
+    def extra_repr(self) -> str:
+        values: dict[str, Any] = self.cfg.to_dict()
+        values.pop("format_version")
+        return ", ".join(f"{key}={value}" for key, value in values.items())
 
     def forward(  # pragma: no cover - every subclass overrides it
         self, image: Tensor, source: Tensor, target: Tensor, strength: Tensor
@@ -225,13 +243,12 @@ def export_module_onnx(
 # Files
 
 
-def generator_class(arch: Arch) -> type[SwapGenerator]:
+def generator_class(arch: Arch) -> type[FaceMagicGenerator] | type[InswapperGenerator]:
     """The module class that builds ``arch``."""
     from .facemagic import FaceMagicGenerator
     from .inswapper import InswapperGenerator
 
-    classes: dict[str, type[SwapGenerator]] = {"facemagic": FaceMagicGenerator, "inswapper": InswapperGenerator}
-    return classes[arch]
+    return FaceMagicGenerator if arch == "facemagic" else InswapperGenerator
 
 
 def download_pretrained(
@@ -342,9 +359,3 @@ def load_state(module: nn.Module, state: dict[str, Tensor], *, where: str) -> No
         )
     dtype = next(iter(expected.values())).dtype
     module.load_state_dict({name: tensor.to(dtype) for name, tensor in state.items()}, strict=True, assign=True)
-
-
-def extra_repr_config(cfg: GeneratorConfig) -> str:
-    values: dict[str, Any] = cfg.to_dict()
-    values.pop("format_version")
-    return ", ".join(f"{key}={value}" for key, value in values.items())

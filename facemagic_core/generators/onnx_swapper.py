@@ -11,7 +11,8 @@ template, and how the identity input is made:
 
 Swap strength is facefusion's: the identity fed is ``normalize(lerp(target, source, w))``.
 These models have one injection point (``num_blocks == 1``). fp16 files get fp16 inputs;
-files with a fixed batch of 1 are called once per face, dynamic-batch files once per chunk.
+files with a fixed batch of 1 are called once per face, dynamic-batch files once per chunk
+of at most ``max_batch`` faces.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from torch import Tensor
 
 from ..align import TemplateName
 from ..errors import BadInputError, ModelIntegrityError
-from ..runtime import GPU_PROVIDERS, ProviderSpec, create_session
-from .base import SwapOutput, check_swap_inputs
+from ..runtime import ProviderSpec, create_session
+from .base import DEFAULT_CHUNK_SIZE, SwapOutput, check_swap_inputs
 from .config import ValueRange
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ IDENTITY_INPUTS: tuple[str, ...] = get_args(IdentityInput)
 #: Channel order of the image input and output.
 ColourOrder = Literal["rgb", "bgr"]
 COLOUR_ORDERS: tuple[str, ...] = get_args(ColourOrder)
+
+#: onnxruntime providers whose device torch reaches as ``"cuda"``.
+TORCH_CUDA_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider"})
 
 _NUMPY_TYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float)": np.float32,
@@ -242,8 +246,25 @@ def read_signature(session: onnxruntime.InferenceSession, *, where: str) -> Onnx
 # The swapper
 
 
+def torch_device_of(session: onnxruntime.InferenceSession) -> torch.device:
+    """Where the crops of a session's model should live: its GPU when torch can reach that GPU, else the CPU.
+
+    Only CUDA, TensorRT and ROCm sessions share a device with torch (``"cuda"``, ROCm builds
+    included); a DirectML or CoreML session, or a CPU-only torch, keeps the crops on the CPU.
+    """
+    used = session.get_providers()
+    if not used or used[0] not in TORCH_CUDA_PROVIDERS or not torch.cuda.is_available():
+        return torch.device("cpu")
+    options = session.get_provider_options().get(used[0], {})
+    return torch.device("cuda", int(options.get("device_id", 0)))
+
+
 class OnnxSwapper:
-    """An ONNX swapper behind the SwapModel protocol (see the module docstring)."""
+    """An ONNX swapper behind the SwapModel protocol (see the module docstring).
+
+    A dynamic-batch file gets at most ``max_batch`` faces per call (bounded memory), a file
+    with a fixed batch of 1 one face per call.
+    """
 
     num_blocks = 1
 
@@ -255,6 +276,7 @@ class OnnxSwapper:
         providers: list[ProviderSpec] | None = None,
         session: onnxruntime.InferenceSession | None = None,
         model: onnx.ModelProto | None = None,
+        max_batch: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self.path = Path(path)
         label = spec.name if spec is not None else self.path.name
@@ -291,8 +313,9 @@ class OnnxSwapper:
         self.input_size = int(size)
         self.template: TemplateName = spec.template
         self.embedding_model = spec.embedding_model
-        used = self.session.get_providers()
-        self.device = torch.device("cuda" if used and used[0] in GPU_PROVIDERS else "cpu")
+        self.id_dim = self.signature.identity_dim if self.emap is None else int(self.emap.shape[0])
+        self.device = torch_device_of(self.session)
+        self.max_batch = max(1, int(max_batch))
         self.dtype = torch.float16 if self.signature.image_type is np.float16 else torch.float32
         logger.info(
             "ONNX swapper %s: %d px, %s range, %s, identity %s, %s batch, %s inputs",
@@ -319,16 +342,7 @@ class OnnxSwapper:
         return identity
 
     def swap(self, crops: Tensor, source: Tensor, target: Tensor, strength: Tensor) -> SwapOutput:
-        inputs = check_swap_inputs(
-            crops,
-            source,
-            target,
-            strength,
-            input_size=self.input_size,
-            num_blocks=1,
-            id_dim=self.signature.identity_dim if self.emap is None else int(self.emap.shape[0]),
-            name=self.name,
-        )
+        inputs = check_swap_inputs(self, crops, source, target, strength)
         identity = self.identity_inputs(inputs.source, inputs.target, inputs.strength).cpu().numpy()
         images = inputs.crops.detach().float()
         if self.spec.value_range == "minus_one_one":
@@ -337,7 +351,7 @@ class OnnxSwapper:
             images = images.flip(1)
         image_array = images.cpu().numpy().astype(self.signature.image_type)
         identity_array = identity.astype(self.signature.identity_type)
-        step = 1 if self.signature.fixed_batch else len(image_array)
+        step = 1 if self.signature.fixed_batch else self.max_batch
         rgb_parts, mask_parts = [], []
         names = [self.signature.image_output] + ([self.signature.mask_output] if self.signature.mask_output else [])
         for start in range(0, len(image_array), step):
