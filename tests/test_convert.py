@@ -246,3 +246,135 @@ def test_load_generator_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ModelIntegrityError) as integrity:
         load_generator(corrupt, model_dir=tmp_path, device="cpu")
     assert str(corrupt) in str(integrity.value) and integrity.value.fix
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache of verified conversions
+
+
+def _swap_once(model: object, seed: int = 6) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    crops = torch.rand(2, 3, 32, 32, generator=generator)
+    source = F.normalize(torch.randn(2, 1, 512, generator=generator), dim=-1)
+    target = F.normalize(torch.randn(2, 512, generator=generator), dim=-1)
+    return model.swap(crops, source, target, torch.tensor([0.5, 1.0])).images  # type: ignore[attr-defined]
+
+
+def _refuse(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("a cached conversion must not parse, run or convert the ONNX file again")
+
+
+def test_a_verified_conversion_is_cached_beside_the_file_and_reused(
+    exported: tuple[InswapperGenerator, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors import safe_open
+
+    from facemagic_core.generators import loader
+    from facemagic_core.generators.convert import conversion_cache_path
+    from facemagic_core.hub import sha256_file
+
+    path = tmp_path / "inswapper_tiny.onnx"
+    path.write_bytes(exported[1].read_bytes())
+    first = load_generator(path, model_dir=tmp_path, device="cpu")
+    cache = conversion_cache_path(path)
+    assert cache.name == "inswapper_tiny.onnx.native.safetensors"
+    with safe_open(str(cache), framework="pt") as cached:  # type: ignore[no-untyped-call]
+        assert cached.metadata()["source_sha256"] == sha256_file(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cache.name, path.name])  # no partial file left
+    with monkeypatch.context() as patch:
+        for name in ("convert_checked", "load_onnx_model"):
+            patch.setattr(loader, name, _refuse)
+        patch.setattr("facemagic_core.runtime.create_session", _refuse)
+        second = load_generator(path, model_dir=tmp_path, device="cpu")
+    assert isinstance(second, TorchSwapper) and second.name == "inswapper_tiny" and second.num_blocks == 6
+    assert_close(_swap_once(second), _swap_once(first), rtol=0, atol=0)
+
+
+def test_a_cache_of_another_file_or_a_corrupt_cache_is_converted_again(
+    exported: tuple[InswapperGenerator, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from facemagic_core.generators.convert import conversion_cache_path
+
+    path = tmp_path / "swapper.onnx"
+    path.write_bytes(exported[1].read_bytes())
+    load_generator(path, model_dir=tmp_path, device="cpu")
+    other = tiny_inswapper(seed=9)
+    export_inswapper_onnx(other, path)  # the same name, another file: the old cache must not be used
+    with caplog.at_level("INFO"):
+        loaded = load_generator(path, model_dir=tmp_path, device="cpu")
+    assert "made from another file" in caplog.text
+    reference = load_generator(path, model_dir=tmp_path, device="cpu", prefer_native=False)
+    assert_close(_swap_once(loaded), _swap_once(reference), rtol=0, atol=1e-4)
+    cache = conversion_cache_path(path)
+    cache.write_bytes(cache.read_bytes()[:1000])  # truncated
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again = load_generator(path, model_dir=tmp_path, device="cpu")
+    assert "converting swapper.onnx again" in caplog.text
+    assert_close(_swap_once(again), _swap_once(loaded), rtol=0, atol=0)
+    assert len(cache.read_bytes()) > 1000  # rewritten whole
+
+
+def test_an_unwritable_folder_or_a_refused_conversion_leaves_no_cache(
+    exported: tuple[InswapperGenerator, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from facemagic_core.generators import convert
+
+    path = tmp_path / "inswapper_tiny.onnx"
+    path.write_bytes(exported[1].read_bytes())
+
+    def read_only(_path: object) -> object:
+        raise PermissionError(13, "Permission denied", str(_path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(convert, "atomic_path", read_only)
+        assert isinstance(load_generator(path, model_dir=tmp_path, device="cpu"), TorchSwapper)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    model = onnx.load(str(path))
+    next(node for node in model.graph.node if node.op_type == "LeakyRelu").attribute[0].f = 0.6
+    altered = tmp_path / "altered.onnx"
+    onnx.save(model, str(altered))
+    assert isinstance(load_generator(altered, model_dir=tmp_path, device="cpu"), OnnxSwapper)
+    assert not convert.conversion_cache_path(altered).exists()  # only verified conversions are cached
+
+
+def test_fp16_weights_are_cached_in_half_precision(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from facemagic_core.generators.convert import conversion_cache_path
+
+    module = tiny_inswapper(seed=3).half()
+    try:
+        path = export_inswapper_onnx(module, tmp_path / "inswapper_fp16.onnx")
+    except RuntimeError as error:  # pragma: no cover - depends on the CPU build's fp16 kernels
+        pytest.skip(f"fp16 export needs fp16 CPU kernels: {error}")
+    first = load_generator(path, model_dir=tmp_path, device="cpu")
+    state = load_file(str(conversion_cache_path(path)))
+    assert state["stem.weight"].dtype == torch.float16 and state["emap"].dtype == torch.float16
+    for name, tensor in module.state_dict().items():
+        assert_close(state[name], tensor, rtol=0, atol=0, msg=name)  # exact: the file's own fp16 values
+    second = load_generator(path, model_dir=tmp_path, device="cpu")
+    assert isinstance(second, TorchSwapper) and second.dtype == torch.float32
+    assert_close(_swap_once(second), _swap_once(first), rtol=0, atol=0)
+
+
+def test_the_latent_rule_of_the_spec_reaches_the_native_module(tmp_path: Path) -> None:
+    """facefusion feeds ``normalize(e) @ emap`` as it is, insightface re-normalises it: both paths follow the spec."""
+    from facemagic_core.generators import OnnxSwapperSpec
+    from facemagic_core.generators.loader import load_onnx_generator
+
+    module = tiny_inswapper(seed=4)
+    with torch.no_grad():
+        module.emap.mul_(3.0)  # latents of norm ~3: re-normalising them changes the swap
+    path = export_inswapper_onnx(module, tmp_path / "inswapper_tiny.onnx")
+    outputs = {}
+    for renormalize in (True, False):
+        spec = OnnxSwapperSpec("tiny", 32, "zero_one", embedding="emap", latent_renormalize=renormalize)
+        native = load_onnx_generator(
+            path, spec=spec, device=torch.device("cpu"), dtype=torch.float32, providers=["CPUExecutionProvider"]
+        )
+        assert isinstance(native, TorchSwapper) and native.cfg.latent_renormalize is renormalize
+        outputs[renormalize] = _swap_once(native)
+        reference = OnnxSwapper(path, spec=spec, providers=["CPUExecutionProvider"])
+        assert_close(outputs[renormalize], _swap_once(reference), rtol=0, atol=1e-4)
+    assert (outputs[True] - outputs[False]).abs().max() > 1e-3

@@ -15,6 +15,10 @@ and strengths. Conversion walks the graph instead of trusting initializer names:
 Shapes are checked against a module built on the meta device. A converted module is
 trusted only after :func:`compare_with_onnxruntime` agrees with onnxruntime on a random
 input (:func:`convert_checked`); otherwise the caller runs the ONNX file instead.
+
+Converting and checking the public 553 MB file takes about 15 s on a CPU, so a verified
+conversion is cached beside the ONNX file (:func:`save_conversion`, ``<file>.native.safetensors``,
+keyed by the ONNX file's sha256) and read back by :func:`load_conversion` on later loads.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from ..errors import FaceMagicError
 from ..files import atomic_path
 from .config import GeneratorConfig
 from .inswapper import InswapperBlock, InswapperGenerator
-from .network import export_module_onnx, load_state
+from .network import export_module_onnx, load_state, read_state_dict
 from .onnx_swapper import read_emap, read_signature
 
 if TYPE_CHECKING:
@@ -50,6 +54,10 @@ MAX_DIFFERENCE = {"fp32": 5e-3, "fp16": 5e-2}
 #: Largest mean output difference accepted, by weight precision.
 MAX_MEAN_DIFFERENCE = {"fp32": 5e-4, "fp16": 5e-3}
 _PASS_THROUGH = {"Cast", "Identity"}
+#: Name of a cached conversion: the ONNX file's name plus this suffix, in the same folder.
+CACHE_SUFFIX = ".native.safetensors"
+#: Layout version of cached conversions; a cache of another version (or of another source file) is not used.
+CACHE_VERSION = "1"
 
 
 class ConversionError(FaceMagicError):
@@ -346,6 +354,78 @@ def convert_checked(
         )
     logger.info("%s converted to a native module (max difference to onnxruntime %.2g, mean %.2g)", where, worst, mean)
     return module, ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache of verified conversions
+
+
+def conversion_cache_path(source: Path) -> Path:
+    """Where the verified conversion of the ONNX file ``source`` is cached: ``<file name>.native.safetensors``."""
+    return source.with_name(source.name + CACHE_SUFFIX)
+
+
+def save_conversion(module: InswapperGenerator, source: Path, source_sha256: str) -> Path | None:
+    """Cache a *verified* conversion of ``source`` beside it, atomically; None when that folder cannot be written.
+
+    The file holds the state dict (a tensor whose values are all exact in fp16, such as the
+    weights of an fp16 ONNX file, is stored in fp16; the rest in fp32) and, as metadata, the
+    config, :data:`CACHE_VERSION` and the sha256 of ``source``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    state = {}
+    for name, tensor in module.state_dict().items():
+        value = tensor.detach().to("cpu", torch.float32)
+        half = value.half()
+        state[name] = (half if torch.equal(half.float(), value) else value).contiguous()
+    metadata = {
+        "format": "pt",
+        "cache_version": CACHE_VERSION,
+        "source_sha256": source_sha256,
+        "config": module.cfg.to_json(),
+    }
+    path = conversion_cache_path(source)
+    try:
+        with atomic_path(path) as temporary:
+            save_file(state, str(temporary), metadata=metadata)
+    except (OSError, SafetensorError) as error:
+        logger.info("%s: the conversion could not be cached (%s); it runs again on the next load", source, error)
+        return None
+    logger.info("%s: verified conversion cached in %s", source, path.name)
+    return path
+
+
+def load_conversion(source: Path, source_sha256: str) -> InswapperGenerator | None:
+    """The cached conversion of ``source`` (float32, CPU), or None when there is none for this exact file.
+
+    A cache of another file (sha256), of another cache version, or one that cannot be read
+    is not used (the caller converts again and overwrites it).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = conversion_cache_path(source)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as cached:  # type: ignore[no-untyped-call]
+            metadata = cached.metadata() or {}
+    except (OSError, SafetensorError) as error:
+        logger.warning("%s cannot be read (%s); converting %s again", path, error, source.name)
+        return None
+    if metadata.get("source_sha256") != source_sha256 or metadata.get("cache_version") != CACHE_VERSION:
+        logger.info("%s was made from another file or version; converting %s again", path.name, source.name)
+        return None
+    try:
+        cfg = GeneratorConfig.from_json(metadata.get("config", ""))
+        module = InswapperGenerator(cfg, device="meta")
+        load_state(module, read_state_dict(path), where=str(path))
+    except FaceMagicError as error:
+        logger.warning("%s cannot be used (%s); converting %s again", path, error, source.name)
+        return None
+    logger.info("%s: using the verified conversion cached in %s", source, path.name)
+    return module.eval()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@
 ONNX files with the inswapper layout are converted into the native module when the
 conversion matches onnxruntime on a random input (``prefer_native``); otherwise, and for
 every other ONNX swapper, they run through onnxruntime, with a warning saying why when a
-conversion was refused.
+conversion was refused. A verified conversion is cached beside the ONNX file, keyed by its
+sha256 (``cache_conversion``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from ..errors import BadInputError, ModelNotFoundError
 from ..hub import MODELS, ensure_model
 from ..runtime import ProviderSpec, onnx_providers, resolve_device, resolve_dtype
 from .base import SwapModel, TorchSwapper
-from .convert import convert_checked
+from .convert import convert_checked, load_conversion, save_conversion
+from .inswapper import InswapperGenerator
 from .network import CONFIG_NAME, SwapGenerator, is_repo_id
 from .onnx_swapper import OnnxSwapper, OnnxSwapperSpec, load_onnx_model, read_emap, spec_from_registry
 
@@ -47,8 +49,13 @@ def load_generator(
     providers: Sequence[str] | None = None,
     prefer_native: bool = True,
     offline: bool | None = None,
+    cache_conversion: bool = True,
 ) -> SwapModel:
-    """Load a swap model by registry name, folder, Hub repository id or ONNX file (see the module docstring)."""
+    """Load a swap model by registry name, folder, Hub repository id or ONNX file (see the module docstring).
+
+    ``cache_conversion``: keep a verified conversion of an inswapper-layout file beside it
+    (``<file>.native.safetensors``) so that later loads skip the conversion and its check.
+    """
     folder = Path(model_dir)
     text = os.fspath(name_or_path)
     torch_device = resolve_device(device)
@@ -66,6 +73,7 @@ def load_generator(
                 dtype=torch_dtype,
                 providers=session_providers,
                 prefer_native=prefer_native,
+                cache_conversion=cache_conversion,
             )
         if candidate.is_file() and candidate.name in (CONFIG_NAME, "model.safetensors"):
             return load_native(candidate.parent, device=torch_device, dtype=torch_dtype)
@@ -86,6 +94,7 @@ def load_generator(
             dtype=torch_dtype,
             providers=session_providers,
             prefer_native=prefer_native,
+            cache_conversion=cache_conversion,
         )
     if is_repo_id(text) and not Path(text).exists():
         local = folder / "facemagic" / text.replace("/", "--")
@@ -119,15 +128,27 @@ def load_onnx_generator(
     dtype: torch.dtype,
     providers: list[ProviderSpec],
     prefer_native: bool = True,
+    cache_conversion: bool = True,
 ) -> SwapModel:
-    """An ONNX swapper: the converted native module when possible, else onnxruntime."""
+    """An ONNX swapper: the converted native module when possible, else onnxruntime.
+
+    With ``cache_conversion``, a verified conversion is read from (or written to) the cache
+    beside the file (:func:`.convert.load_conversion`), keyed by the file's sha256: a later
+    load skips parsing the graph, the onnxruntime session and the check.
+    """
+    from ..hub import sha256_file
     from ..runtime import create_session
 
     label = spec.name if spec is not None else path.stem
+    native = prefer_native and (spec is None or spec.embedding in (None, "emap"))
+    digest = sha256_file(path) if native and cache_conversion else None
+    if digest is not None:
+        cached = load_conversion(path, digest)
+        if cached is not None:
+            return _native_swapper(cached, spec, label, device, dtype)
     model = load_onnx_model(path)
     session = create_session(path, providers=providers, what=label)
-    emap = read_emap(model)
-    if prefer_native and emap is not None and (spec is None or spec.embedding in (None, "emap")):
+    if native and read_emap(model) is not None:
         renormalize = spec.latent_renormalize if spec is not None else True
         module, reason = convert_checked(
             model,
@@ -137,9 +158,22 @@ def load_onnx_generator(
             device=device if device.type == "cuda" else None,
         )
         if module is not None:
-            template = spec.template if spec is not None else module.cfg.template
-            embedding_model = spec.embedding_model if spec is not None else module.cfg.embedding_model
-            module.cfg = dataclasses.replace(module.cfg, template=template, embedding_model=embedding_model)
-            return TorchSwapper(module, name=label, device=device, dtype=dtype)
+            if digest is not None:
+                save_conversion(module, path, digest)
+            return _native_swapper(module, spec, label, device, dtype)
         logger.warning("%s runs through onnxruntime, not as a native module: %s", label, reason)
     return OnnxSwapper(path, spec=spec, session=session, model=model)
+
+
+def _native_swapper(
+    module: InswapperGenerator, spec: OnnxSwapperSpec | None, label: str, device: torch.device, dtype: torch.dtype
+) -> TorchSwapper:
+    """A converted module as a SwapModel, with the crop template, recogniser and latent rule of ``spec``."""
+    if spec is not None:
+        module.cfg = dataclasses.replace(
+            module.cfg,
+            template=spec.template,
+            embedding_model=spec.embedding_model,
+            latent_renormalize=spec.latent_renormalize,
+        )
+    return TorchSwapper(module, name=label, device=device, dtype=dtype)
