@@ -80,6 +80,28 @@ def test_erosion_shrinks_the_mask_monotonically(kind: str) -> None:
     assert int(((soft > 0) & (soft < 1)).sum()) > int(((sharp > 0) & (sharp < 1)).sum())
 
 
+@pytest.mark.parametrize("kind", ["box", "ellipse", "hull"])
+@pytest.mark.parametrize("erosion", [0.05, 0.1])
+def test_erosion_moves_the_outline_inwards_by_the_same_distance_in_every_direction(kind: str, erosion: float) -> None:
+    """A disc-shaped erosion: pixels deeper than the erosion distance stay, shallower ones go, diagonals included.
+
+    (A square minimum filter cuts ~1.4 times deeper along the diagonals: the ellipse turns into a rounded diamond.)
+    """
+    import cv2
+
+    size = 256
+    angles = torch.arange(8) * (2 * math.pi / 8) + 0.3  # an octagon with edges in every direction
+    polygon = torch.stack([128 + 100 * torch.cos(angles), 130 + 95 * torch.sin(angles)], dim=1)[None]
+    full = blend.create_face_mask(kind, size, 1, landmarks=polygon, erosion=0.0, feather=0.0)
+    eroded = blend.create_face_mask(kind, size, 1, landmarks=polygon, erosion=erosion, feather=0.0)
+    depth = cv2.distanceTransform(full[0, 0].numpy().astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    depth = torch.from_numpy(depth)  # distance of each pixel centre to the nearest pixel outside the shape
+    shrink = erosion * size
+    kept = eroded[0, 0] > 0
+    assert float(depth[kept].min()) >= shrink - 1.0
+    assert bool(kept[depth >= shrink + 1.5].all())
+
+
 def test_external_mask_combines_by_minimum() -> None:
     plain = blend.create_face_mask("ellipse", SIZE, 2)
     external = torch.ones(2, 1, SIZE, SIZE)
