@@ -205,6 +205,27 @@ def test_clear_errors(
     assert "arcface_glintr100" in run("--identity", str(wrong), "--target", source, "-o", str(tmp_path / "w.png"))
 
 
+def test_an_unwritable_output_is_refused_before_any_model_is_loaded(
+    faces_dir: Path, clip_path: Path, base_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "taken.png"
+    blocker.write_bytes(b"a picture")
+    (tmp_path / "folder.mp4").mkdir()
+    source = ["--source", str(faces_dir / "anni.jpg")]
+    cases = [
+        (faces_dir / "iron_man.jpg", blocker / "out.png", "is a file, so the output folder cannot be made there"),
+        (clip_path, tmp_path / "folder.mp4", "the output path is a folder"),
+    ]
+    for target, output, message in cases:
+        # a generator that does not exist: the output is checked first, before any model is looked for
+        args = ["swap", *source, "--target", str(target), "-o", str(output), "--generator", "no_such_model"]
+        assert main([*args, *base_args]) == 1
+        error = capsys.readouterr().err
+        assert message in error and "no swap model" not in error and "Traceback" not in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["folder.mp4", "taken.png"]
+    assert list((tmp_path / "folder.mp4").iterdir()) == []
+
+
 def test_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["swap", "--help"])

@@ -118,6 +118,27 @@ def test_write_refuses_bad_names_and_empty_input(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+def test_an_unwritable_output_is_refused_before_any_frame_is_made(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    def chunks() -> Iterator[torch.Tensor]:
+        asked.append(1)  # a swap producing the frames would start here
+        yield gradient_frames(2)
+
+    blocker = tmp_path / "result.png"
+    blocker.write_bytes(b"a picture")
+    folder = tmp_path / "clip.mp4"
+    folder.mkdir()
+    with pytest.raises(BadInputError, match="is a file, so the output folder cannot be made there") as error:
+        video.write_video(blocker / "sub" / "out.mp4", chunks(), fps=10)
+    assert str(blocker / "sub" / "out.mp4") in str(error.value) and error.value.fix
+    with pytest.raises(BadInputError, match="is a folder"):
+        video.write_video(folder, chunks(), fps=10)
+    assert asked == [] and sorted(leftovers(tmp_path)) == ["clip.mp4", "result.png"]
+    assert video.check_output_path(tmp_path / "new" / "deeper" / "out.gif") == tmp_path / "new" / "deeper" / "out.gif"
+    assert not (tmp_path / "new").exists()  # the check writes nothing that stays
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Swapping a video
 

@@ -26,7 +26,7 @@ from ..pipeline import (
 )
 from ..pose import FAILURE_POLICIES, PoseReport, PoseThresholds, draw_pose_overlay, format_pose_report
 from ..types import FACE_ORDERS, Identity
-from ..video import WRITABLE_VIDEO_SUFFIXES, is_video_path
+from ..video import WRITABLE_VIDEO_SUFFIXES, check_output_path, is_video_path
 from . import add_model_options
 from . import identity as identity_command
 
@@ -477,6 +477,9 @@ def run_swap(args: argparse.Namespace) -> int:
         )
     if not target.is_file():
         raise BadInputError("the target file does not exist", where=str(target), fix="check the path")
+    check_output_path(output)  # before any model is loaded or frame swapped
+    if args.pose_debug is not None:
+        check_output_path(args.pose_debug / "frame_00000.png")
     if args.pose_debug is not None and not args.pose_check:
         print("note: --pose-debug turns on --pose-check")
 
