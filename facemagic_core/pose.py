@@ -178,6 +178,19 @@ def _as_points(points: object, *, name: str) -> Float64Array:
     return np.ascontiguousarray(array)
 
 
+def _landmark_pair(target: object, result: object, *, where: str) -> tuple[Float64Array, Float64Array]:
+    """Target and result landmarks ``(B, N, 2)`` as float64 numpy, checked to be of one shape."""
+    first = _as_points(target, name="target landmarks")
+    second = _as_points(result, name="result landmarks")
+    if first.shape != second.shape:
+        raise BadInputError(
+            f"the target and result landmarks differ in shape: {first.shape} and {second.shape}",
+            where=where,
+            fix="measure the result with the same landmark model as the target, for the same faces",
+        )
+    return first, second
+
+
 def _as_sizes(value: object, count: int, *, name: str) -> Float64Array:
     """A scalar or ``(count,)`` list of positive numbers as ``(count,)`` float64."""
     if isinstance(value, torch.Tensor):
@@ -305,14 +318,7 @@ def landmark_distance(
     box area, in the same pixels as the points (for an ArcFace-aligned crop of side S, the
     crop side S is a fair face size). Scalar ``face_size`` applies to every face.
     """
-    first = _as_points(a, name="target landmarks")
-    second = _as_points(b, name="result landmarks")
-    if first.shape != second.shape:
-        raise BadInputError(
-            f"the landmark sets differ in shape: {first.shape} and {second.shape}",
-            where="landmark_distance",
-            fix="compare landmarks from the same landmark model for the same faces",
-        )
+    first, second = _landmark_pair(a, b, where="landmark_distance")
     sizes = _as_sizes(face_size, first.shape[0], name="face_size")
     distances = np.linalg.norm(first - second, axis=2)  # (B, N)
     return np.asarray(distances.mean(axis=1) / sizes, dtype=np.float64)
@@ -322,10 +328,7 @@ def region_distances(
     a: npt.ArrayLike | torch.Tensor, b: npt.ArrayLike | torch.Tensor, face_size: npt.ArrayLike | torch.Tensor
 ) -> list[dict[str, float]]:
     """Per face, the NME of each facial region (eyes, nose, mouth, ... for 5, 68 and 106 points; else "all")."""
-    first = _as_points(a, name="target landmarks")
-    second = _as_points(b, name="result landmarks")
-    if first.shape != second.shape:
-        raise BadInputError(f"the landmark sets differ in shape: {first.shape} and {second.shape}", where="pose")
+    first, second = _landmark_pair(a, b, where="region_distances")
     sizes = _as_sizes(face_size, first.shape[0], name="face_size")
     regions = _REGIONS.get(first.shape[1], {"all": tuple(range(first.shape[1]))})
     distances = np.linalg.norm(first - second, axis=2) / sizes[:, None]
@@ -426,14 +429,7 @@ def check_pose(
     insightface's 1k3d68). ``image_index`` defaults to ``0..B-1`` and ``face_index`` to 0.
     """
     limits = thresholds or PoseThresholds()
-    target = _as_points(target_landmarks, name="target landmarks")
-    result = _as_points(result_landmarks, name="result landmarks")
-    if target.shape != result.shape:
-        raise BadInputError(
-            f"target and result landmarks differ in shape: {target.shape} and {result.shape}",
-            where="check_pose",
-            fix="detect landmarks on the result with the same landmark model as on the target",
-        )
+    target, result = _landmark_pair(target_landmarks, result_landmarks, where="check_pose")
     count = target.shape[0]
     nme = landmark_distance(target, result, face_sizes)
     regions = region_distances(target, result, face_sizes)
@@ -563,10 +559,7 @@ def draw_pose_overlay(
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         raise BadInputError("expected (B, 3, H, W) images", where="draw_pose_overlay")
-    target = _as_points(target_landmarks, name="target landmarks")
-    result = _as_points(result_landmarks, name="result landmarks")
-    if target.shape != result.shape:
-        raise BadInputError(f"landmark sets differ: {target.shape} and {result.shape}", where="draw_pose_overlay")
+    target, result = _landmark_pair(target_landmarks, result_landmarks, where="draw_pose_overlay")
     count = target.shape[0]
     if reports is not None and len(reports) != count:
         raise BadInputError(f"{len(reports)} reports for {count} faces", where="draw_pose_overlay")
