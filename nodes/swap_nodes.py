@@ -51,7 +51,7 @@ from .common import (
 from .memory import GeneratorHandle
 from .progress import comfy_errors, comfy_progress
 from .sockets import Swap
-from .tensors import as_image_batch, images_to_comfy, images_to_core, masks_to_comfy, masks_to_core
+from .tensors import as_image_batch, images_as_core_view, images_to_comfy, images_to_core, masks_to_comfy, masks_to_core
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ def _strength_input() -> io.Input:
         min=0.0,
         max=1.0,
         step=0.01,
-        tooltip="How much of the identity is injected: 1 is the full swap, 0 leaves the face as it is.",
+        tooltip="How much of the identity is injected: 1 is the full swap, 0 injects none (the face keeps its own "
+        "identity, as the generator redraws it).",
     )
 
 
@@ -634,14 +635,15 @@ class FaceMagicSwapFaces(io.ComfyNode):
         no_face: str,
         reference: Identity | None = None,
     ) -> io.NodeOutput:
-        images = as_image_batch(images, where="target images")
-        total = int(images.shape[0])
+        frames = images_as_core_view(images, where="target images")  # no copy of a long frame batch
+        total = int(frames.shape[0])
         selection = _face_selection(face_order, face_index, reference)
         options = SwapOptions(
             face_order=selection["order"],
             face_index=selection["index"],
             reference=selection["reference"],
             strength=float(strength),
+            smoothing=SmoothingConfig.with_strength(smoothing) if smoothing > 0 else None,
             mask=mask,  # type: ignore[arg-type]
             erosion=float(erosion),
             feather=float(feather),
@@ -650,42 +652,19 @@ class FaceMagicSwapFaces(io.ComfyNode):
             pose_policy=pose_policy,  # type: ignore[arg-type]
             no_face=no_face,  # type: ignore[arg-type]
         )
-        tracker = FaceTracker(SmoothingConfig.with_strength(smoothing)) if smoothing > 0 else None
         progress = comfy_progress(total, node_id=node_id_of(cls), what="swap")
-        swapped = torch.empty((*images.shape[:3], 3), dtype=torch.float32)
-        masks = torch.empty(tuple(images.shape[:3]), dtype=torch.float32)
-        counts: list[int] = []
-        without: list[int] = []
-        reports: list[PoseReport] = []
-        with comfy_errors():
-            model = generator.ready()
-            for start in range(0, total, DEFAULT_CHUNK_SIZE):  # one chunk of frames in memory at a time
-                stop = min(start + DEFAULT_CHUNK_SIZE, total)
-                result = swap_faces(
-                    images_to_core(images[start:stop], where="target images"),
-                    identity,
-                    analyzer,
-                    model,
-                    options,
-                    tracker=tracker,
-                    frame_offset=start,
-                    total_frames=total,
-                )
-                swapped[start:stop] = images_to_comfy(result.images)
-                masks[start:stop] = masks_to_comfy(result.masks)
-                counts.extend(result.face_counts)
-                without.extend(result.frames_without_face)
-                reports.extend(result.pose_reports)
-                progress(stop, total)
-        lines = [f"{sum(counts)} face(s) swapped in {total} frame(s) with {generator.name}"]
+        with comfy_errors():  # swap_faces works through the frames in chunks, halving them on out-of-memory
+            result = swap_faces(frames, identity, analyzer, generator.ready(), options, progress)
+        without = result.frames_without_face
+        lines = [f"{sum(result.face_counts)} face(s) swapped in {total} frame(s) with {generator.name}"]
         if without:
             shown = ", ".join(str(frame) for frame in without[:20])
-            more = " ..." if len(without) > 20 else ""
-            lines.append(f"frames without the face asked for (unchanged): {shown}{more}")
+            lines.append(f"frames without the face asked for (unchanged): {shown}{' ...' if len(without) > 20 else ''}")
         if pose_check:
-            lines.append(format_pose_report(reports) if reports else "pose check: no faces")
+            lines.append(format_pose_report(result.pose_reports) if result.pose_reports else "pose check: no faces")
         report = "\n".join(lines)
-        return io.NodeOutput(swapped, masks, report, ui={"facemagic_text": [report]})
+        swapped = images_to_comfy(result.images, owned=True)
+        return io.NodeOutput(swapped, masks_to_comfy(result.masks), report, ui={"facemagic_text": [report]})
 
 
 NODES: list[type[io.ComfyNode]] = [FaceMagicSwap, FaceMagicPoseCheck, FaceMagicBlend, FaceMagicSwapFaces]

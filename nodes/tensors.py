@@ -35,7 +35,16 @@ def as_image_batch(images: torch.Tensor, *, where: str = "image") -> torch.Tenso
 
 
 def images_to_core(images: torch.Tensor, *, where: str = "image") -> torch.Tensor:
-    """ComfyUI ``IMAGE [B, H, W, C]`` -> core ``(B, 3, H, W)`` float32 RGB (same device)."""
+    """ComfyUI ``IMAGE [B, H, W, C]`` -> core ``(B, 3, H, W)`` float32 RGB (same device), a new tensor."""
+    return images_as_core_view(images, where=where).contiguous()
+
+
+def images_as_core_view(images: torch.Tensor, *, where: str = "image") -> torch.Tensor:
+    """ComfyUI ``IMAGE [B, H, W, C]`` -> core ``(B, 3, H, W)`` float32 RGB without copying a float32 IMAGE.
+
+    The result shares memory with ``images`` (its strides are the IMAGE's): for handing a whole frame batch to
+    a core function that reads it chunk by chunk. Never modify it in place.
+    """
     images = as_image_batch(images, where=where)
     channels = int(images.shape[-1])
     if channels == 4:
@@ -55,12 +64,20 @@ def images_to_core(images: torch.Tensor, *, where: str = "image") -> torch.Tenso
         )
     if not images.is_floating_point():
         images = images.float() / 255.0
-    return images.permute(0, 3, 1, 2).to(torch.float32).contiguous()
+    return images.permute(0, 3, 1, 2).to(torch.float32)
 
 
-def images_to_comfy(images: torch.Tensor) -> torch.Tensor:
-    """Core ``(B, 3, H, W)`` -> ComfyUI ``IMAGE [B, H, W, 3]`` float32 on the CPU, clamped to [0, 1]."""
-    return images.detach().permute(0, 2, 3, 1).to(device="cpu", dtype=torch.float32).clamp(0, 1).contiguous()
+def images_to_comfy(images: torch.Tensor, *, owned: bool = False) -> torch.Tensor:
+    """Core ``(B, 3, H, W)`` -> ComfyUI ``IMAGE [B, H, W, 3]`` float32 on the CPU, clamped to [0, 1].
+
+    ``owned``: ``images`` is a result nobody else holds; it is clamped in place, and a CPU float32 batch whose
+    memory is laid out as ``[B, H, W, 3]`` already (what core returns for a view from
+    :func:`images_as_core_view`) is returned without a copy, so a long frame batch is not held twice.
+    """
+    comfy = images.detach().permute(0, 2, 3, 1).to(device="cpu", dtype=torch.float32)
+    if owned:
+        return comfy.clamp_(0, 1).contiguous()
+    return comfy.clamp(0, 1).contiguous()
 
 
 def masks_to_core(masks: torch.Tensor, *, where: str = "mask") -> torch.Tensor:

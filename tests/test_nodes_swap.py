@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
@@ -24,6 +25,10 @@ BLEND_SETTINGS = {
     "colour": "none",
     "generator_mask": True,
     "poisson": False,
+}
+ALL_IN_ONE_SETTINGS = {
+    **{key: value for key, value in SWAP_SETTINGS.items() if key != "weave"},
+    **{key: value for key, value in BLEND_SETTINGS.items() if key not in ("generator_mask", "poisson")},
 }
 POSE_SETTINGS = {"max_yaw_diff": 10.0, "max_pitch_diff": 10.0, "max_roll_diff": 8.0, "max_nme": 0.05}
 
@@ -79,6 +84,7 @@ def test_pose_check_reports_every_face_and_draws_the_debug_image(
     assert output.ui["facemagic_text"] == [report]
     assert output.ui["facemagic_pose"] == [{"faces": 2, "failed": sum(not r.passed for r in reports)}]
     assert swapped[0].chunks[0].pose is None  # the input SwapData is not modified
+    assert torch.equal(target, torch.cat([comfy_image([(5, 5, 255)]), comfy_image([(4, 5, 230)])]))  # nor the IMAGE
     # policy "original": failed faces are left as they were by the blend
     images, _ = nodes["FaceMagicBlend"].run(swap=data, **BLEND_SETTINGS).args
     for frame, result in enumerate(reports):
@@ -141,6 +147,78 @@ def test_long_batches_go_in_chunks_with_progress_and_stop_on_cancel(
         nodes["FaceMagicBlend"].run(swap=data, **BLEND_SETTINGS)
 
 
+def test_all_in_one_goes_through_long_batches_in_chunks_like_the_modular_nodes(
+    nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, identity_b: Identity
+) -> None:
+    import comfy.model_management as model_management
+    import comfy.utils
+
+    frames = torch.cat([comfy_image([(2, 2, 255)], size=160), comfy_image([(2, 3, 240)], size=160)])
+    frames = frames.repeat(DEFAULT_CHUNK_SIZE // 2 + 1, 1, 1, 1)  # two chunks
+    before = frames.clone()
+    settings = {"images": frames, "identity": identity_b, "generator": generator, "analyzer": analyzer}
+    comfy.utils.PROGRESS_UPDATES.clear()
+    images, mask, report = (
+        nodes["FaceMagicSwapFaces"]
+        .run(**settings, **ALL_IN_ONE_SETTINGS, pose_check=False, pose_policy="keep", no_face="error")
+        .args
+    )
+    total = DEFAULT_CHUNK_SIZE + 2
+    assert [update[1:] for update in comfy.utils.PROGRESS_UPDATES] == [(DEFAULT_CHUNK_SIZE, total), (total, total)]
+    assert torch.equal(frames, before)  # the target IMAGE is read, never written
+    assert images.shape == frames.shape and images.is_contiguous() and images.data_ptr() != frames.data_ptr()
+    assert mask.shape == frames.shape[:3] and report.startswith(f"{total} face(s) swapped in {total} frame(s)")
+    data = nodes["FaceMagicSwap"].run(**settings, no_face="error", **SWAP_SETTINGS)[0]
+    modular, modular_mask = nodes["FaceMagicBlend"].run(swap=data, **BLEND_SETTINGS).args
+    torch.testing.assert_close(images, modular, atol=2e-5, rtol=0)
+    torch.testing.assert_close(mask, modular_mask, atol=2e-5, rtol=0)
+    model_management.interrupt_current_processing(True)
+    with pytest.raises(model_management.InterruptProcessingException):
+        nodes["FaceMagicSwapFaces"].run(
+            **settings, **ALL_IN_ONE_SETTINGS, pose_check=False, pose_policy="keep", no_face="error"
+        )
+
+
+class RunsOutOfMemory:
+    """A swap model that runs out of memory on more than ``most`` faces at once (as a small GPU would)."""
+
+    def __init__(self, model: Any, most: int) -> None:
+        self.model, self.most, self.failures = model, most, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def swap(self, crops: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if crops.shape[0] > self.most:
+            self.failures += 1
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return self.model.swap(crops, *args, **kwargs)
+
+
+def test_all_in_one_keeps_the_smaller_chunk_after_running_out_of_memory(
+    nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, identity_b: Identity
+) -> None:
+    flaky = RunsOutOfMemory(generator.model, most=2)
+    handle = dataclasses.replace(generator, model=flaky, patcher=None)
+    frames = comfy_image([(2, 2, 255)], size=160).repeat(2 * DEFAULT_CHUNK_SIZE + 2, 1, 1, 1)
+    images = (
+        nodes["FaceMagicSwapFaces"]
+        .run(
+            images=frames,
+            identity=identity_b,
+            generator=handle,
+            analyzer=analyzer,
+            **ALL_IN_ONE_SETTINGS,
+            pose_check=False,
+            pose_policy="keep",
+            no_face="error",
+        )
+        .args[0]
+    )
+    assert flaky.failures == 2  # 8 -> 4 -> 2 frames once, then every later chunk goes 2 by 2
+    torch.testing.assert_close(images[0], images[-1])
+
+
 def test_all_in_one_matches_the_modular_nodes(
     nodes: dict[str, Any],
     generator: Any,
@@ -174,28 +252,27 @@ def test_all_in_one_matches_the_modular_nodes(
     assert "of 2 faces passed" in report and output.ui["facemagic_text"] == [report]
 
 
-def test_strength_zero_and_every_face(
-    nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, identity_b: Identity
+def test_strength_zero_injects_nothing_and_minus_one_swaps_every_face(
+    nodes: dict[str, Any],
+    generator: Any,
+    analyzer: FaceAnalyzer,
+    target: torch.Tensor,
+    identity_a: Identity,
+    identity_b: Identity,
 ) -> None:
+    swap = nodes["FaceMagicSwap"]
+    settings = {"images": target[:1], "generator": generator, "analyzer": analyzer, "no_face": "error"}
+    nothing = swap.run(identity=identity_b, **settings, **{**SWAP_SETTINGS, "strength": 0.0})[1]
+    itself = swap.run(identity=identity_a, **settings, **SWAP_SETTINGS)[1]  # target[0] is person A
+    other = swap.run(identity=identity_b, **settings, **SWAP_SETTINGS)[1]
+    torch.testing.assert_close(nothing, itself, atol=1e-5, rtol=0)  # strength 0 = the face's own identity
+    assert float((other - itself).abs().max()) > 1e-3
+
     two_faces = comfy_image([(3, 5, 255), (8, 5, 240)])
-    data = nodes["FaceMagicSwap"].run(
-        images=two_faces,
-        identity=identity_b,
-        generator=generator,
-        analyzer=analyzer,
-        no_face="error",
-        **{**SWAP_SETTINGS, "face_index": -1},
-    )[0]
-    assert data.num_faces == 2
-    reference = nodes["FaceMagicSwap"].run(
-        images=two_faces,
-        identity=identity_b,
-        generator=generator,
-        analyzer=analyzer,
-        no_face="error",
-        reference=identity_b,
-        **SWAP_SETTINGS,
-    )[0]
+    settings["images"] = two_faces
+    every = swap.run(identity=identity_b, **settings, **{**SWAP_SETTINGS, "face_index": -1})[0]
+    assert every.num_faces == 2
+    reference = swap.run(identity=identity_b, reference=identity_b, **settings, **SWAP_SETTINGS)[0]
     assert reference.num_faces == 1
 
 
