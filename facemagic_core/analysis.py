@@ -52,6 +52,9 @@ RECOGNIZER_CHUNK = 128
 #: YuNet's non-maximum suppression IoU threshold and candidate cap (OpenCV's sample values).
 YUNET_NMS_THRESHOLD = 0.3
 YUNET_TOP_K = 5000
+#: Smallest detector input side, and the step of the sizes allowed (SCRFD's coarsest stride).
+MIN_DET_SIZE = 64
+DET_SIZE_STEP = 32
 #: Registry names of the embedding spaces of recognisers found in packs, by file name stem.
 PACK_EMBEDDING_MODELS = {
     "w600k_r50": "arcface_w600k_r50",
@@ -138,7 +141,11 @@ def _check_role(runner: Any, path: Path, role: str, tasks: tuple[str, ...]) -> N
 def _load_yunet(path: Path, threshold: float) -> cv2.FaceDetectorYN:
     path = _check_model_file(Path(path), "YuNet detector")
     try:
-        detector = cv2.FaceDetectorYN.create(str(path), "", (320, 320), threshold, YUNET_NMS_THRESHOLD, YUNET_TOP_K)
+        # The input size given here is a placeholder: _detect_yunet sets each picture's own size before detecting.
+        placeholder_size = (DET_SIZE_STEP, DET_SIZE_STEP)
+        detector = cv2.FaceDetectorYN.create(
+            str(path), "", placeholder_size, threshold, YUNET_NMS_THRESHOLD, YUNET_TOP_K
+        )
     except cv2.error as error:
         raise ModelIntegrityError(
             f"OpenCV cannot load the YuNet detector: {str(error).strip().splitlines()[-1]}",
@@ -235,9 +242,14 @@ class FaceAnalyzer:
         det_threshold: float,
         embedding_model: str,
     ) -> None:
-        if isinstance(det_size, bool) or not isinstance(det_size, int) or det_size < 64 or det_size % 32:
+        if (
+            isinstance(det_size, bool)
+            or not isinstance(det_size, int)
+            or det_size < MIN_DET_SIZE
+            or det_size % DET_SIZE_STEP
+        ):
             raise BadInputError(
-                f"det_size must be a multiple of 32 of at least 64, got {det_size!r}",
+                f"det_size must be a multiple of {DET_SIZE_STEP} of at least {MIN_DET_SIZE}, got {det_size!r}",
                 where="face analyzer",
                 fix="use 640 (the default), 320 for speed or 1024 for small faces",
             )
@@ -453,6 +465,13 @@ class FaceAnalyzer:
             part = np.ascontiguousarray(blob[start : start + chunk], dtype=np.float32)
             outputs.append(runner.session.run(runner.output_names, {runner.input_name: part})[0])
         vectors = np.concatenate(outputs, axis=0).astype(np.float32).reshape(blob.shape[0], -1)
+        if not np.all(np.isfinite(vectors)):
+            bad = np.flatnonzero(~np.all(np.isfinite(vectors), axis=1)).tolist()
+            raise ModelIntegrityError(
+                f"the recogniser returned NaN or infinite embeddings for crops {bad} of {blob.shape[0]}",
+                where=str(runner.model_file),
+                fix="the model file is damaged or not an ArcFace recogniser: delete it and download it again",
+            )
         return np.ascontiguousarray(vectors)
 
     # -----------------------------------------------------------------------------------------
@@ -492,7 +511,7 @@ class FaceAnalyzer:
         # Back to the full image, pixel centres at integers: x = (x_small + 0.5) * width / small_w - 0.5.
         factor = np.array([width / small_w, height / small_h], dtype=np.float64)
         faces = []
-        for row in np.asarray(rows, dtype=np.float64):
+        for row in np.asarray(rows, dtype=np.float64):  # x, y, width, height, 5 landmarks (x, y), score
             corners = np.array([[row[0], row[1]], [row[0] + row[2], row[1] + row[3]]])
             # YuNet's order is the subject's right eye, left eye, nose, right and left mouth corner: for a face
             # looking at the camera that is image-left first, which is the order of Face.landmarks_5.

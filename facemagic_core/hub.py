@@ -33,6 +33,7 @@ import contextlib
 import datetime
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -67,6 +68,12 @@ LOCK_FORMAT_VERSION = 1
 #: (file-system clocks are coarse; FAT has 2 s steps).
 RACY_WINDOW_NS = 2_000_000_000
 _STAGING_PREFIX = ".facemagic-download-"
+#: Staging folders older than this were left by a killed process and are removed.
+_STALE_STAGING_SECONDS = 24 * 3600
+#: How long a process waits for another one to finish downloading the same model (a slow link, a big pack).
+_DOWNLOAD_WAIT_SECONDS = 3600
+#: How long a process waits for another one to finish writing the lock file (milliseconds of work).
+_LOCK_FILE_WAIT_SECONDS = 600
 _HASH_CHUNK = 8 << 20
 
 INSIGHTFACE_LICENCE = "non-commercial research only (insightface pretrained models)"
@@ -401,7 +408,7 @@ class _LockFile:
         from filelock import FileLock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path.with_name(f".{self.path.name}.lock")), timeout=600):
+        with FileLock(str(self.path.with_name(f".{self.path.name}.lock")), timeout=_LOCK_FILE_WAIT_SECONDS):
             yield
 
     def read(self) -> dict[str, Any]:
@@ -601,13 +608,9 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _progress_class(progress: ProgressCallback | None) -> Any:
-    """A tqdm class that also reports to ``progress`` (huggingface_hub takes a ``tqdm_class``)."""
-    if progress is None:
-        return None
+def _progress_class(report: ProgressCallback) -> Any:
+    """A tqdm class that also reports to ``report`` (huggingface_hub takes a ``tqdm_class``)."""
     from tqdm.auto import tqdm
-
-    report: ProgressCallback = progress
 
     class _ReportingBar(tqdm):  # type: ignore[misc,type-arg]
         def update(self, n: float | None = 1) -> bool | None:
@@ -632,7 +635,7 @@ def _staging_dir(model_dir: Path) -> Iterator[Path]:
 
 def _remove_stale_staging(model_dir: Path) -> None:
     """Staging folders left by a killed process more than a day ago."""
-    limit = time.time() - 86400
+    limit = time.time() - _STALE_STAGING_SECONDS
     for stale in model_dir.glob(f"{_STAGING_PREFIX}*"):
         with contextlib.suppress(OSError):
             if stale.is_dir() and stale.stat().st_mtime < limit:
@@ -676,6 +679,9 @@ def _fetch(
                 fix="check HF_ENDPOINT, your proxy and firewall; " + _manual_fix(spec, target, endpoint),
             )
         logger.info("downloading %s (%s from %s) to %s", spec.name, repo_file, spec.repo_id, target)
+        options: dict[str, Any] = {}
+        if progress is not None and "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+            options["tqdm_class"] = _progress_class(progress)  # older huggingface_hub: its own bar only
         downloaded = Path(
             hf_hub_download(
                 spec.repo_id,
@@ -684,7 +690,7 @@ def _fetch(
                 revision=metadata.commit_hash,
                 local_dir=staging,
                 endpoint=endpoint,
-                tqdm_class=_progress_class(progress),
+                **options,
             )
         )
     except FaceMagicError:
@@ -915,7 +921,7 @@ def _model_guard(model_dir: Path, spec: ModelSpec) -> Iterator[None]:
     from filelock import FileLock
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(model_dir / f".facemagic-{spec.name}.lock"), timeout=3600):
+    with FileLock(str(model_dir / f".facemagic-{spec.name}.lock"), timeout=_DOWNLOAD_WAIT_SECONDS):
         yield
 
 

@@ -117,6 +117,8 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     :func:`facemagic_core.video.read_frames` for all frames.
     """
     file = Path(path)
+    if file.is_dir():
+        raise BadInputError("expected an image file, got a folder", where=str(file), fix="name an image file in it")
     if not file.is_file():
         raise BadInputError("image file not found", where=str(file), fix="check the path")
     try:

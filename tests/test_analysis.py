@@ -237,6 +237,25 @@ def test_missing_and_corrupt_models_are_reported(pack: Path, tmp_path: Path, yun
         FaceAnalyzer(backend="yunet", detector=yunet_path, landmarks_106=pack / "1k3d68.onnx", providers=CPU)
 
 
+def test_recogniser_that_returns_nan_is_reported(pack: Path, cells: torch.Tensor, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(write_arcface(tmp_path / "arcface.onnx")))
+    for number, initializer in enumerate(model.graph.initializer):
+        if initializer.name == "fc_b":
+            broken = numpy_helper.to_array(initializer).copy()
+            broken[7] = np.nan
+            model.graph.initializer[number].CopyFrom(numpy_helper.from_array(broken, "fc_b"))
+    onnx.save(model, str(tmp_path / "broken.onnx"))
+    analyzer = FaceAnalyzer(
+        backend="insightface", detector=pack / "det_10g.onnx", recognizer=tmp_path / "broken.onnx", providers=CPU
+    )
+    with pytest.raises(ModelIntegrityError, match=r"NaN or infinite embeddings for crops \[0, 1, 2\] of 3") as caught:
+        analyzer.analyze(cells[:1])
+    assert "broken.onnx" in str(caught.value) and "download it again" in str(caught.value)
+
+
 def test_pack_folder_problems(tmp_path: Path, pack: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         FaceAnalyzer.from_pack(tmp_path / "buffalo_l", providers=CPU)

@@ -153,6 +153,26 @@ def test_first_download_puts_the_file_in_place_and_records_it(fake_hub: FakeHub,
     assert leftovers(model_dir) == []
 
 
+def test_download_with_a_huggingface_hub_that_takes_no_tqdm_class(
+    fake_hub: FakeHub, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older huggingface_hub releases (as some ComfyUI installs carry) have no tqdm_class: download anyway."""
+    import huggingface_hub
+
+    real = huggingface_hub.hf_hub_download
+
+    def old_download(
+        repo_id: str, filename: str, *, repo_type: str, revision: str, local_dir: Path, endpoint: str
+    ) -> str:
+        return real(repo_id, filename, repo_type=repo_type, revision=revision, local_dir=local_dir, endpoint=endpoint)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", old_download)
+    data = serve_inswapper(fake_hub)
+    reports: list[tuple[int, int]] = []
+    path = hub.ensure_model("inswapper_128", model_dir, progress=lambda done, total: reports.append((done, total)))
+    assert path.read_bytes() == data and reports == []
+
+
 def test_second_load_makes_no_request(fake_hub: FakeHub, model_dir: Path) -> None:
     serve_inswapper(fake_hub)
     first = hub.ensure_model("inswapper_128", model_dir)

@@ -314,6 +314,22 @@ def test_mixing_different_block_counts_keeps_what_every_generator_sees() -> None
         np.testing.assert_allclose(mixed.for_blocks(blocks), expected, atol=1e-6, err_msg=f"{blocks} blocks")
 
 
+def test_for_blocks_gives_each_generator_block_its_row() -> None:
+    """Block ``i`` of an ``n``-block generator takes row ``i * K // n``: a coarse-to-fine split keeps its order."""
+    rows = np.eye(6, 8)  # row r points along axis r, so each block's row can be read back
+    for k, n, expected in (
+        (2, 6, [0, 0, 0, 1, 1, 1]),
+        (3, 6, [0, 0, 1, 1, 2, 2]),
+        (6, 3, [0, 2, 4]),
+        (2, 5, [0, 0, 0, 1, 1]),
+        (1, 4, [0, 0, 0, 0]),
+    ):
+        identity = Identity(rows[:k], embedding_model=MODEL)
+        assert np.argmax(identity.for_blocks(n), axis=1).tolist() == expected, (k, n)
+    with pytest.raises(BadInputError, match="at least one block"):
+        Identity(rows[:2], embedding_model=MODEL).for_blocks(0)
+
+
 def test_coarse_fine_keeps_block_order() -> None:
     a, b = random_identity(30, name="A"), random_identity(31, name="B")
     mixed = mix_coarse_fine(a, b)
