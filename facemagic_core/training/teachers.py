@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Self, TypeVar
 
 import numpy as np
 import onnx
@@ -96,33 +97,50 @@ def warp_for_teacher(crops: Tensor, matrix: Tensor, out_size: int) -> Tensor:
     return warp_affine(crops, batch_matrix, (out_size, out_size))
 
 
-class RecognizerTeacher(nn.Module):
-    """ArcFace recogniser as a frozen torch module: aligned crops -> raw embeddings ``(B, D)``.
+class OnnxTeacher(nn.Module):
+    """An ONNX model as a frozen torch module that takes RGB crops in [0, 1].
 
-    ``forward`` takes ``(B, 3, input_size, input_size)`` RGB crops in [0, 1] aligned to the
-    ArcFace template (what the analyzer feeds the ONNX file) and returns what the file returns.
+    Pixels are scaled to 0..255, minus ``input_mean``, divided by ``input_std`` (insightface's
+    rule, see the module docstring). A graph saved with a batch of 1 runs crop by crop.
     """
+
+    #: Input side when the graph does not declare one.
+    default_side = 112
 
     def __init__(self, graph: OnnxGraphModule, *, input_mean: float, input_std: float, name: str) -> None:
         super().__init__()
         self.graph = graph
         self.input_mean = float(input_mean)
         self.input_std = float(input_std)
-        self.input_size = _input_side(graph, 112)
+        self.input_size = _input_side(graph, self.default_side)
         self.fixed_batch = _fixed_batch(graph)
         self.name = name
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> RecognizerTeacher:  # a teacher is always in eval mode
+    def train(self, mode: bool = True) -> Self:  # a teacher is always in eval mode
         return super().train(False)
 
-    def forward(self, crops: Tensor) -> Tensor:
+    def run_graph(self, crops: Tensor) -> Tensor:
+        """The graph's first output for every crop, flattened: ``(B, -1)``."""
         pixels = (crops * 255.0 - self.input_mean) / self.input_std
         if self.fixed_batch == 1 and pixels.shape[0] != 1:
-            return torch.cat([self.graph(pixels[i : i + 1])[0] for i in range(pixels.shape[0])])
-        embeddings: Tensor = self.graph(pixels)[0]
-        return embeddings.reshape(crops.shape[0], -1)
+            return torch.cat([self.graph(pixels[i : i + 1])[0].reshape(1, -1) for i in range(pixels.shape[0])])
+        output: Tensor = self.graph(pixels)[0]
+        return output.reshape(crops.shape[0], -1)
+
+
+class RecognizerTeacher(OnnxTeacher):
+    """ArcFace recogniser as a frozen torch module: aligned crops -> raw embeddings ``(B, D)``.
+
+    ``forward`` takes ``(B, 3, input_size, input_size)`` RGB crops in [0, 1] aligned to the
+    ArcFace template (what the analyzer feeds the ONNX file) and returns what the file returns.
+    """
+
+    default_side = 112
+
+    def forward(self, crops: Tensor) -> Tensor:
+        return self.run_graph(crops)
 
     def embed_crops(self, crops: Tensor, *, template: str) -> Tensor:
         """L2-normalised embeddings ``(B, D)`` of generator crops aligned with ``template`` (any size)."""
@@ -133,35 +151,19 @@ class RecognizerTeacher(nn.Module):
         return F.normalize(self(aligned).float(), dim=-1)
 
 
-class LandmarkTeacher(nn.Module):
+class LandmarkTeacher(OnnxTeacher):
     """Landmark model (2d106det / 1k3d68 layout) as a frozen torch module.
 
     ``forward`` takes ``(B, 3, input_size, input_size)`` RGB crops in [0, 1] framed as
     insightface frames them and returns ``(B, N, 2)`` points in pixels of that input.
     """
 
-    def __init__(self, graph: OnnxGraphModule, *, input_mean: float, input_std: float, name: str) -> None:
-        super().__init__()
-        self.graph = graph
-        self.input_mean = float(input_mean)
-        self.input_std = float(input_std)
-        self.input_size = _input_side(graph, 192)
-        self.fixed_batch = _fixed_batch(graph)
-        self.name = name
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> LandmarkTeacher:
-        return super().train(False)
+    default_side = 192
 
     def forward(self, crops: Tensor) -> Tensor:
-        pixels = (crops * 255.0 - self.input_mean) / self.input_std
-        if self.fixed_batch == 1 and pixels.shape[0] != 1:
-            raw = torch.cat([self.graph(pixels[i : i + 1])[0].reshape(1, -1) for i in range(pixels.shape[0])])
-        else:
-            raw = self.graph(pixels)[0].reshape(crops.shape[0], -1)
-        width = raw.shape[1]
+        raw = self.run_graph(crops)
         # 1k3d68 gives 1103 (x, y, z) rows, the last 68 are the landmarks; 2d106det 106 (x, y) rows
+        width = raw.shape[1]
         points = raw.reshape(raw.shape[0], -1, 3)[:, -68:, :2] if width == 3309 else raw.reshape(raw.shape[0], -1, 2)
         located: Tensor = (points + 1) * float(self.input_size // 2)
         return located
@@ -200,14 +202,14 @@ def _load_graph(path: Path, what: str) -> tuple[onnx.ModelProto, OnnxGraphModule
     return model, OnnxGraphModule(model, where=str(file))
 
 
-def _check(module: nn.Module, graph: OnnxGraphModule, path: Path, side: int, seed: int) -> float:
+def _check(teacher: OnnxTeacher, path: Path, seed: int) -> float:
     generator = torch.Generator().manual_seed(seed)
-    batch = _fixed_batch(graph) or 2
-    sample = torch.rand(batch, 3, side, side, generator=generator)
-    pixels = (sample * 255.0 - module.input_mean) / module.input_std  # type: ignore[operator]
-    difference = check_against_onnxruntime(graph, path, [pixels])
+    side = teacher.input_size
+    sample = torch.rand(teacher.fixed_batch or 2, 3, side, side, generator=generator)
+    pixels = (sample * 255.0 - teacher.input_mean) / teacher.input_std
+    difference = check_against_onnxruntime(teacher.graph, path, [pixels])
     with torch.no_grad():
-        reference = float(torch.stack([out.abs().max() for out in graph(pixels)]).max())
+        reference = float(torch.stack([out.abs().max() for out in teacher.graph(pixels)]).max())
     if not difference <= CONVERSION_TOLERANCE * max(1.0, reference):
         raise ModelIntegrityError(
             f"the torch conversion of the teacher differs from onnxruntime by {difference:.3g}",
@@ -217,32 +219,47 @@ def _check(module: nn.Module, graph: OnnxGraphModule, path: Path, side: int, see
     return difference
 
 
+TeacherT = TypeVar("TeacherT", bound=OnnxTeacher)
+
+
+def _load_teacher(
+    kind: type[TeacherT],
+    path: str | Path,
+    *,
+    what: str,
+    input_std: float,
+    seed: int,
+    device: torch.device | str,
+    check: bool,
+    name: str | None,
+) -> TeacherT:
+    """Convert ``path`` to a frozen ``kind`` teacher and, with ``check``, compare it with onnxruntime."""
+    file = Path(path)
+    model, graph = _load_graph(file, what)
+    mean, std = (0.0, 1.0) if _normalises_itself(model) else (127.5, input_std)
+    teacher = kind(graph, input_mean=mean, input_std=std, name=name or file.stem)
+    if check:
+        difference = _check(teacher, file, seed)
+        logger.info("%s teacher %s matches onnxruntime (max difference %.2g)", what, file.name, difference)
+    return teacher.to(device)
+
+
 def load_recognizer(
     path: str | Path, *, device: torch.device | str = "cpu", check: bool = True, name: str | None = None
 ) -> RecognizerTeacher:
     """The recogniser ONNX file as a frozen :class:`RecognizerTeacher`, checked against onnxruntime."""
-    file = Path(path)
-    model, graph = _load_graph(file, "recogniser")
-    mean, std = (0.0, 1.0) if _normalises_itself(model) else (127.5, 127.5)
-    teacher = RecognizerTeacher(graph, input_mean=mean, input_std=std, name=name or file.stem)
-    if check:
-        difference = _check(teacher, graph, file, teacher.input_size, seed=0)
-        logger.info("recogniser teacher %s matches onnxruntime (max difference %.2g)", file.name, difference)
-    return teacher.to(device)
+    return _load_teacher(
+        RecognizerTeacher, path, what="recogniser", input_std=127.5, seed=0, device=device, check=check, name=name
+    )
 
 
 def load_landmark_model(
     path: str | Path, *, device: torch.device | str = "cpu", check: bool = True, name: str | None = None
 ) -> LandmarkTeacher:
     """The landmark ONNX file as a frozen :class:`LandmarkTeacher`, checked against onnxruntime."""
-    file = Path(path)
-    model, graph = _load_graph(file, "landmark")
-    mean, std = (0.0, 1.0) if _normalises_itself(model) else (127.5, 128.0)
-    teacher = LandmarkTeacher(graph, input_mean=mean, input_std=std, name=name or file.stem)
-    if check:
-        difference = _check(teacher, graph, file, teacher.input_size, seed=1)
-        logger.info("landmark teacher %s matches onnxruntime (max difference %.2g)", file.name, difference)
-    return teacher.to(device)
+    return _load_teacher(
+        LandmarkTeacher, path, what="landmark", input_std=128.0, seed=1, device=device, check=check, name=name
+    )
 
 
 def resolve_teacher_file(name_or_path: str, model_dir: Path) -> Path:
@@ -269,6 +286,7 @@ def resolve_teacher_file(name_or_path: str, model_dir: Path) -> Path:
 __all__ = [
     "EMBEDDING_DIM",
     "LandmarkTeacher",
+    "OnnxTeacher",
     "RecognizerTeacher",
     "load_landmark_model",
     "load_recognizer",
