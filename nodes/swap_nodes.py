@@ -351,6 +351,18 @@ class FaceMagicSwap(io.ComfyNode):
 # Pose check
 
 
+def _angle_limit_input(name: str, default: float, angle: str, meaning: str) -> io.Input:
+    return io.Float.Input(
+        name,
+        default=default,
+        min=0.0,
+        max=90.0,
+        step=0.5,
+        display_name=f"max {angle} difference",
+        tooltip=f"Largest {meaning} difference (degrees) a face may have and pass.",
+    )
+
+
 def pose_report_text(data: SwapData) -> str:
     reports = data.pose_reports()
     if not reports:
@@ -371,33 +383,9 @@ class FaceMagicPoseCheck(io.ComfyNode):
             "The report is shown on the node.",
             inputs=[
                 Swap.Input("swap", tooltip="Swapped faces from 'FaceMagic Swap'."),
-                io.Float.Input(
-                    "max_yaw_diff",
-                    default=defaults.max_yaw_diff,
-                    min=0.0,
-                    max=90.0,
-                    step=0.5,
-                    display_name="max yaw difference",
-                    tooltip="Largest left-right head turn difference (degrees) a face may have and pass.",
-                ),
-                io.Float.Input(
-                    "max_pitch_diff",
-                    default=defaults.max_pitch_diff,
-                    min=0.0,
-                    max=90.0,
-                    step=0.5,
-                    display_name="max pitch difference",
-                    tooltip="Largest up-down head tilt difference (degrees) a face may have and pass.",
-                ),
-                io.Float.Input(
-                    "max_roll_diff",
-                    default=defaults.max_roll_diff,
-                    min=0.0,
-                    max=90.0,
-                    step=0.5,
-                    display_name="max roll difference",
-                    tooltip="Largest sideways head tilt difference (degrees) a face may have and pass.",
-                ),
+                _angle_limit_input("max_yaw_diff", defaults.max_yaw_diff, "yaw", "left-right head turn"),
+                _angle_limit_input("max_pitch_diff", defaults.max_pitch_diff, "pitch", "up-down head tilt"),
+                _angle_limit_input("max_roll_diff", defaults.max_roll_diff, "roll", "sideways head tilt"),
                 io.Float.Input(
                     "max_nme",
                     default=defaults.max_nme,
@@ -504,8 +492,9 @@ class FaceMagicBlend(io.ComfyNode):
                     "mask_input",
                     optional=True,
                     display_name="limit mask",
-                    tooltip="Optional MASK (one per frame, or one for all): the face only changes where it is 1, "
-                    "e.g. an occlusion mask that keeps hands or glasses in front of the face.",
+                    tooltip="Optional MASK (one per frame, or one for all; another size is stretched to the "
+                    "frames): the face only changes where it is 1, e.g. an occlusion mask that keeps hands or glasses "
+                    "in front of the face.",
                 ),
             ],
             outputs=[
@@ -526,7 +515,8 @@ class FaceMagicBlend(io.ComfyNode):
         poisson: bool,
         mask_input: torch.Tensor | None = None,
     ) -> io.NodeOutput:
-        limit = masks_to_core(mask_input, where="limit mask") if mask_input is not None else None
+        frame_size = (int(swap.images.shape[1]), int(swap.images.shape[2]))
+        limit = masks_to_core(mask_input, size=frame_size, where="limit mask") if mask_input is not None else None
         if limit is not None and limit.shape[0] not in (1, swap.num_frames):
             raise BadInputError(
                 f"{limit.shape[0]} masks for {swap.num_frames} frames",

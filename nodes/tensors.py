@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 
 from facemagic_core.errors import BadInputError
 
@@ -80,15 +81,23 @@ def images_to_comfy(images: torch.Tensor, *, owned: bool = False) -> torch.Tenso
     return comfy.clamp(0, 1).contiguous()
 
 
-def masks_to_core(masks: torch.Tensor, *, where: str = "mask") -> torch.Tensor:
-    """ComfyUI ``MASK [B, H, W]`` (or ``[H, W]``) -> core ``(B, 1, H, W)`` float32."""
+def masks_to_core(masks: torch.Tensor, *, size: tuple[int, int] | None = None, where: str = "mask") -> torch.Tensor:
+    """ComfyUI ``MASK [B, H, W]`` (or ``[H, W]``) -> core ``(B, 1, H, W)`` float32.
+
+    With ``size`` ``(H, W)``, a mask of another size is stretched to it (bilinear), as ComfyUI's own nodes do:
+    masks often come at other sizes (Load Image gives 64 x 64 for a picture without alpha).
+    """
     if not isinstance(masks, torch.Tensor):
         raise BadInputError(f"expected a MASK tensor, got {type(masks).__name__}", where=where)
     if masks.ndim == 2:
         masks = masks.unsqueeze(0)
     if masks.ndim != 3:
         raise BadInputError(f"expected a MASK of shape [B, H, W], got {tuple(masks.shape)}", where=where)
-    return masks.unsqueeze(1).to(torch.float32).contiguous()
+    core = masks.unsqueeze(1).to(torch.float32)
+    if size is not None and tuple(core.shape[-2:]) != tuple(size):
+        logger.info("%s: %s masks stretched to the frames' %s", where, tuple(core.shape[-2:]), tuple(size))
+        return F.interpolate(core, size=size, mode="bilinear", align_corners=False).clamp_(0, 1)
+    return core.contiguous()
 
 
 def masks_to_comfy(masks: torch.Tensor) -> torch.Tensor:

@@ -114,6 +114,25 @@ def test_a_broken_node_module_leaves_the_others_loaded(pack: ModuleType, monkeyp
     assert "ModuleNotFoundError" in package.IMPORT_FAILURES["no_such_module"]
 
 
+def test_the_frontend_extension_agrees_with_the_nodes(nodes: dict[str, Any], pack: ModuleType) -> None:
+    """js/facemagic_logic.js repeats a few facts of the Python side; they must not drift apart."""
+    from facemagic_core.cli import similarity
+
+    script = (REPO / "js" / "facemagic_logic.js").read_text()
+    constants = dict(re.findall(r"^export const (\w+) = ([^;]+);", script, flags=re.MULTILINE))
+    mix_inputs = [item.id for item in nodes["FaceMagicMixIdentities"].GET_SCHEMA().inputs]
+    prefix, count = constants["IDENTITY_PREFIX"].strip('"'), int(constants["MAX_IDENTITIES"])
+    assert [name for name in mix_inputs if name.startswith(prefix)] == [f"{prefix}{n}" for n in range(1, count + 1)]
+    assert constants["IDENTITY_TYPE"].strip('"') == pack.nodes.sockets.IDENTITY_TYPE
+    assert float(constants["SAME_PERSON"]) == similarity.SAME_PERSON_THRESHOLD
+    assert float(constants["DIFFERENT_PEOPLE"]) == similarity.DIFFERENT_PEOPLE_THRESHOLD
+    shown = set(re.findall(r'"(FaceMagic\w+)"', constants["RESULT_NODES"]))
+    with_results = {
+        node_id for node_id, cls in nodes.items() if '"facemagic_text"' in inspect.getsource(cls.execute)
+    }  # the nodes whose results the extension shows on the canvas
+    assert shown == with_results
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Model folder
 

@@ -72,6 +72,22 @@ def test_blend_limit_mask_keeps_the_face_where_it_is_zero(
     assert float(mask.max()) == 0.0 and torch.equal(images, target)
 
 
+def test_blend_limit_mask_of_another_size_is_resized_to_the_frames(
+    nodes: dict[str, Any], swapped: Any, target: torch.Tensor
+) -> None:
+    """Masks come in other sizes (Load Image gives a 64 x 64 one for a picture without alpha): resized, as in core."""
+    blend = nodes["FaceMagicBlend"]
+    free, free_mask = blend.run(swap=swapped[0], **BLEND_SETTINGS).args
+    everywhere, everywhere_mask = blend.run(swap=swapped[0], mask_input=torch.ones(1, 64, 64), **BLEND_SETTINGS).args
+    assert torch.equal(everywhere, free) and torch.equal(everywhere_mask, free_mask)
+    left = torch.zeros(1, 40, 40)
+    left[..., :20] = 1
+    images, mask = blend.run(swap=swapped[0], mask_input=left, **BLEND_SETTINGS).args
+    right = slice(176, None)  # clear of the stretched edge at x = 160 and the warps' bilinear spread
+    assert float(mask[..., right].max()) == 0.0 and torch.equal(images[..., right, :], target[..., right, :])
+    assert float(mask[..., :144].max()) > 0.5
+
+
 def test_pose_check_reports_every_face_and_draws_the_debug_image(
     nodes: dict[str, Any], swapped: Any, target: torch.Tensor
 ) -> None:
