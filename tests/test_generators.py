@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -48,6 +49,19 @@ FACEMAGIC_CONFIGS = {
     ),
 }
 INSWAPPER_TINY = GeneratorConfig.inswapper_layout(channels=4, image_size=32, num_blocks=3)
+#: The configs the package ships (configs/*.json) and the default one, at their real widths and block layouts; only
+#: the crop is shrunk to 32 px (the blocks' neutrality does not depend on it, and 256 px costs ~3 s a forward on a CPU).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SHIPPED_CONFIGS = {
+    "default": dataclasses.replace(GeneratorConfig(), image_size=32),
+    **{
+        f"configs/{path.name}": dataclasses.replace(
+            GeneratorConfig.from_dict(json.loads(path.read_text())["generator"]), image_size=32
+        )
+        for path in sorted(CONFIG_DIR.glob("*.json"))
+    },
+}
+NEUTRALITY_CONFIGS = {**FACEMAGIC_CONFIGS, **SHIPPED_CONFIGS}
 
 
 def unit(*shape: int, seed: int) -> torch.Tensor:
@@ -121,9 +135,14 @@ def test_real_inswapper_layout_has_138_3_million_parameters_without_allocating()
 # The style delta: exact neutrality, per-block mixing
 
 
-@pytest.mark.parametrize("name", sorted(FACEMAGIC_CONFIGS))
+def test_every_shipped_config_is_a_facemagic_network() -> None:
+    assert len(SHIPPED_CONFIGS) >= 3  # the default and at least configs/base_256.json and configs/tiny.json
+    assert all(cfg.arch == "facemagic" for cfg in SHIPPED_CONFIGS.values())
+
+
+@pytest.mark.parametrize("name", sorted(NEUTRALITY_CONFIGS))
 def test_each_style_mix_block_is_exactly_the_identity_for_a_neutral_delta(name: str) -> None:
-    cfg = FACEMAGIC_CONFIGS[name]
+    cfg = NEUTRALITY_CONFIGS[name]
     module = build(cfg)
     image, source, target, strength = inputs(cfg)
     seen, handles = record_blocks(module)
@@ -145,9 +164,9 @@ def test_each_style_mix_block_is_exactly_the_identity_for_a_neutral_delta(name: 
         assert (block_out - block_in).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", sorted(FACEMAGIC_CONFIGS))
+@pytest.mark.parametrize("name", sorted(NEUTRALITY_CONFIGS))
 def test_neutral_delta_gives_the_same_result_for_any_source(name: str) -> None:
-    cfg = FACEMAGIC_CONFIGS[name]
+    cfg = NEUTRALITY_CONFIGS[name]
     module = build(cfg)
     image, source, target, strength = inputs(cfg)
     with torch.no_grad():
@@ -164,8 +183,10 @@ def test_neutral_delta_gives_the_same_result_for_any_source(name: str) -> None:
         assert mask_zero is None
 
 
-def test_style_mix_block_applies_the_design_formula() -> None:
-    cfg = FACEMAGIC_CONFIGS["plain"]
+@pytest.mark.parametrize("name", ["plain", "full"])
+def test_style_mix_block_applies_the_design_formula(name: str) -> None:
+    """``h' = exp(log_sigma_diff) * (h - mu(h)) + mu(h) + mu_diff``, plus the refinement of h' - h with cfg.refine."""
+    cfg = FACEMAGIC_CONFIGS[name]
     block = StyleMixBlock(8, cfg).eval()
     h = torch.randn(2, 8, 5, 5)
     source, target = unit(2, 512, seed=3), unit(2, 512, seed=4)
@@ -178,6 +199,11 @@ def test_style_mix_block_applies_the_design_formula() -> None:
     log_sigma_diff = (strength[:, None] * (log_s - log_t))[:, :, None, None]
     mean = h.mean(dim=(2, 3), keepdim=True)
     expected = torch.exp(log_sigma_diff) * (h - mean) + mean + mu_diff
+    if cfg.refine:
+        assert block.refine1 is not None and block.refine2 is not None
+        with torch.no_grad():
+            expected = expected + block.refine2(F.leaky_relu(block.refine1(expected - h), cfg.negative_slope))
+    assert (expected - h).abs().max() > 1e-2  # a real style change
     assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
