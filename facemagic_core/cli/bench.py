@@ -40,7 +40,7 @@ import numpy.typing as npt
 import torch
 
 from ..errors import BadInputError
-from ..types import Face, Identity
+from ..types import EMBEDDING_DIM, Face, Identity
 from . import DEFAULT_MODEL_DIR
 from . import identity as identity_command
 
@@ -51,7 +51,14 @@ DEFAULT_YUNET = SHARED_DIR / "models" / "face_detection_yunet.onnx"
 #: Width C of the inswapper layout: the public model's on a GPU, a quarter of it (1/16 of the work) on a CPU.
 FULL_WIDTH = 128
 CPU_WIDTH = 32
+#: Crop side of the public inswapper_128.
+FULL_IMAGE_SIZE = 128
 STAGES = ("detect", "align", "generator", "paste-back")
+#: Smallest frame side the benchmark scales to (a face must stay detectable).
+MIN_FRAME_SIDE = 64
+#: A RANSAC threshold (pixels) beyond any landmark error: every point is an inlier, so the fit is facefusion's
+#: plain least-squares similarity from the five landmarks.
+RANSAC_THRESHOLD = 100
 
 
 @dataclass(frozen=True)
@@ -164,7 +171,7 @@ def load_clip(path: Path, frames: int, height: int) -> torch.Tensor:
 
     clip = read_frames(path, max_frames=frames)
     scale = height / clip.shape[2]
-    width = max(32, round(clip.shape[3] * scale))
+    width = max(MIN_FRAME_SIDE, round(clip.shape[3] * scale))
     pictures = [
         cv2.resize(
             np.ascontiguousarray(frame.permute(1, 2, 0).numpy()), (width, height), interpolation=cv2.INTER_LINEAR
@@ -247,7 +254,7 @@ def _run_baseline(
         for face in frame_faces:
             t0 = time.perf_counter()
             matrix, _ = cv2.estimateAffinePartial2D(
-                face.landmarks_5.astype(np.float32), template, method=cv2.RANSAC, ransacReprojThreshold=100
+                face.landmarks_5.astype(np.float32), template, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_THRESHOLD
             )
             crop = cv2.warpAffine(result, matrix, (size, size), borderValue=0.0)
             blob = cv2.dnn.blobFromImage(crop, 1.0 / 255.0, (size, size), (0.0, 0.0, 0.0), swapRB=True)
@@ -273,8 +280,10 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     from ..runtime import create_session, onnx_providers, resolve_device, resolve_dtype
 
     say = progress or (lambda text: None)
-    if config.frames < 1 or config.chunk < 1 or config.repeats < 1 or config.height < 64:
-        raise BadInputError("frames, chunk and repeats must be at least 1 and the height at least 64", where="bench")
+    if config.frames < 1 or config.chunk < 1 or config.repeats < 1 or config.height < MIN_FRAME_SIDE:
+        raise BadInputError(
+            f"frames, chunk and repeats must be at least 1 and the height at least {MIN_FRAME_SIDE}", where="bench"
+        )
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     width = config.width or (FULL_WIDTH if device.type == "cuda" else CPU_WIDTH)
@@ -291,7 +300,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     started = time.perf_counter()
     detected = [analyzer.detect_faces(frames[i : i + 1])[0] for i in range(frames.shape[0])]
     detect_seconds = (time.perf_counter() - started) * config.frames / frames.shape[0]
-    target = rng.standard_normal(512).astype(np.float32)
+    target = rng.standard_normal(EMBEDDING_DIM).astype(np.float32)
     # The best-scoring face of each frame, with one random target embedding for all (see the module docstring).
     faces = [[dataclasses.replace(face, image_index=0, embedding=target) for face in found[:1]] for found in detected]
     if not any(faces):
@@ -300,8 +309,8 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     say(f"building the inswapper layout, width {width}, with random weights")
     module = InswapperGenerator(GeneratorConfig.inswapper_layout(channels=width, image_size=config.image_size)).eval()
     with torch.no_grad():
-        module.emap.copy_(torch.linalg.qr(torch.randn(512, 512))[0])
-    source = rng.standard_normal(512).astype(np.float32)
+        module.emap.copy_(torch.linalg.qr(torch.randn(EMBEDDING_DIM, EMBEDDING_DIM))[0])  # a rotation: unit latents
+    source = rng.standard_normal(EMBEDDING_DIM).astype(np.float32)
     source /= np.linalg.norm(source)
     identity = Identity(source, embedding_model=module.cfg.embedding_model)
     with tempfile.TemporaryDirectory(prefix="facemagic-bench-") as folder:
@@ -314,8 +323,8 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
             options.intra_op_num_threads = threads
         providers = onnx_providers("cpu" if device.type == "cpu" else str(device))
         session = create_session(onnx_path, providers=providers, what="baseline inswapper", options=options)
+    emap = module.emap.detach().cpu().numpy().copy()  # fp32, before TorchSwapper moves the module to its dtype
     generator = TorchSwapper(module, name=f"inswapper layout C={width}", device=device, dtype=dtype)
-    emap = module.emap.detach().cpu().numpy()
 
     say("warming up both paths on one frame")
     _run_pipeline(frames[:1], faces[:1], identity, generator, config.chunk)
@@ -342,7 +351,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
         providers=list(session.get_providers()),
         width=width,
         gflop_per_face=inswapper_gflop(width, config.image_size),
-        full_gflop_per_face=inswapper_gflop(FULL_WIDTH, 128),
+        full_gflop_per_face=inswapper_gflop(FULL_WIDTH, FULL_IMAGE_SIZE),
         frame_size=(int(frames.shape[2]), int(frames.shape[3])),
         frames=config.frames,
         faces=sum(len(found) for found in faces[1:]),

@@ -15,6 +15,7 @@ from ..errors import BadInputError
 from ..identity import IDENTITY_SUFFIX, extract_identity, load_identity, mix_coarse_fine
 from ..images import load_image, save_image
 from ..pipeline import (
+    DEFAULT_CHUNK_SIZE,
     MAX_WEAVE,
     NO_FACE_POLICIES,
     NoFacePolicy,
@@ -42,6 +43,8 @@ IMAGE_OUTPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".t
 MIX_PARTS = ("coarse", "fine")
 #: Failing faces printed in full for a video (the rest are counted).
 MAX_FAILURES_SHOWN = 10
+#: Frames without a face listed by number (the rest are counted).
+MAX_FRAMES_LISTED = 20
 
 
 def _positive_int(text: str) -> int:
@@ -284,7 +287,7 @@ def register(subparsers: Any) -> None:
     models.add_argument(
         "--chunk",
         type=_positive_int,
-        default=8,
+        default=DEFAULT_CHUNK_SIZE,
         metavar="N",
         help="frames processed at once; smaller uses less memory (halved automatically on GPU out-of-memory) "
         "(default: %(default)s)",
@@ -448,8 +451,8 @@ def print_pose_summary(reports: Sequence[PoseReport], *, full: bool) -> None:
 
 
 def _describe_frames(frames: Sequence[int]) -> str:
-    shown = ", ".join(str(frame) for frame in frames[:20])
-    return shown + (f" ... ({len(frames)} in all)" if len(frames) > 20 else "")
+    shown = ", ".join(str(frame) for frame in frames[:MAX_FRAMES_LISTED])
+    return shown + (f" ... ({len(frames)} in all)" if len(frames) > MAX_FRAMES_LISTED else "")
 
 
 # ---------------------------------------------------------------------------------------------

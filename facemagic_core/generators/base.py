@@ -181,7 +181,9 @@ class TorchSwapper:
     """A native generator behind the SwapModel protocol: device, dtype, value range, chunks.
 
     Runs ``chunk_size`` faces per forward call; on a CUDA out-of-memory error the chunk is
-    halved and the call retried (down to one face), with a warning.
+    halved and the call retried (down to one face), with a warning. The module is moved to
+    ``device``, ``dtype`` and the channels-last layout in place (no second copy of the
+    weights): the swapper owns it from then on.
     """
 
     def __init__(
