@@ -250,6 +250,19 @@ def test_registry_entries_become_swapper_specs() -> None:
         assert spec_from_registry(hub.MODELS[name]).embedding == "emap"
 
 
+def test_a_registry_entry_this_runner_cannot_honour_is_refused_not_defaulted() -> None:
+    import dataclasses
+
+    entry = hub.MODELS["hyperswap_1a_256"]
+    blank = spec_from_registry(dataclasses.replace(entry, value_range=None, colour_order=None))  # type: ignore[arg-type]
+    assert (blank.value_range, blank.colour_order) == ("minus_one_one", "rgb")  # what FaceMagic knows of it
+    assert spec_from_registry(dataclasses.replace(entry, colour_order="BGR")).colour_order == "bgr"
+    for field, value in (("template", "arcface_112_v1"), ("value_range", (0.0, 255.0)), ("colour_order", "YUV")):
+        with pytest.raises(BadInputError, match=f"has a {field} this runner does not know") as error:
+            spec_from_registry(dataclasses.replace(entry, **{field: value}))
+        assert "hyperswap_1a_256" in str(error.value) and error.value.fix
+
+
 def test_bad_files_and_identities_raise_clear_errors(tmp_path: Path) -> None:
     path = tmp_path / "swapper.onnx"
     write_swapper_graph(path)

@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -33,9 +33,11 @@ from ..align import TemplateName
 from ..errors import BadInputError, ModelIntegrityError
 from ..runtime import ProviderSpec, create_session
 from .base import DEFAULT_CHUNK_SIZE, SwapOutput, check_swap_inputs
-from .config import ValueRange
+from .config import TEMPLATES, ValueRange
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import onnx
     import onnxruntime
 
@@ -90,32 +92,62 @@ KNOWN_SWAPPERS: dict[str, OnnxSwapperSpec] = {
 
 
 def spec_from_registry(entry: ModelSpec) -> OnnxSwapperSpec:
-    """An OnnxSwapperSpec from a ``facemagic_core.hub.ModelSpec`` (read by attribute name)."""
+    """An OnnxSwapperSpec from a ``facemagic_core.hub.ModelSpec`` (read by attribute name).
+
+    A field the entry leaves empty takes the value FaceMagic knows for that swapper (else the
+    inswapper convention); a field it fills with something this runner cannot honour (a value
+    range, colour order or alignment template it does not know) is a BadInputError, never
+    silently replaced by a default that would feed the model wrong crops.
+    """
     name = str(getattr(entry, "name", "onnx swapper"))
     known = KNOWN_SWAPPERS.get(name)
-    value_range = _value_range(getattr(entry, "value_range", None)) or (known.value_range if known else "zero_one")
-    colour = str(getattr(entry, "colour_order", None) or (known.colour_order if known else "rgb")).lower()
-    template = str(getattr(entry, "template", None) or "arcface").lower()
+
+    def field(attribute: str, parse: Callable[[object], str | None], default: str) -> str:
+        raw = getattr(entry, attribute, None)
+        if raw is None or raw == "":
+            return default
+        parsed = parse(raw)
+        if parsed is None:
+            raise BadInputError(
+                f"the registry entry of {name} has a {attribute} this runner does not know: {raw!r}",
+                where=f"registry entry {name}",
+                fix="fix the registry entry (value_range (0, 1) or (-1, 1); colour_order RGB or BGR; template "
+                f"one of {', '.join(TEMPLATES)})",
+            )
+        return parsed
+
+    value_range = field("value_range", _value_range, known.value_range if known else "zero_one")
+    colour = field("colour_order", _choice(COLOUR_ORDERS), known.colour_order if known else "rgb")
+    template = field("template", _choice(TEMPLATES), known.template if known else "arcface")
     embedding = _identity_input(getattr(entry, "embedding", None))
     size = getattr(entry, "input_size", None)
     return OnnxSwapperSpec(
         name=name,
         input_size=int(size[0] if isinstance(size, tuple | list) else size) if size else None,
-        value_range=value_range,
-        colour_order="bgr" if colour == "bgr" else "rgb",
-        template="ffhq" if template.startswith("ffhq") else "arcface",
+        value_range=cast(ValueRange, value_range),
+        colour_order=cast(ColourOrder, colour),
+        template=cast(TemplateName, template),
         embedding=embedding if embedding is not None else (known.embedding if known else None),
         embedding_model=str(getattr(entry, "embedding_model", None) or "arcface_w600k_r50"),
         latent_renormalize=bool(getattr(entry, "latent_renormalize", True)),
     )
 
 
-def _value_range(value: object) -> ValueRange | None:
+def _choice(allowed: tuple[str, ...]) -> Callable[[object], str | None]:
+    """A parser accepting one of ``allowed`` in any letter case."""
+
+    def parse(value: object) -> str | None:
+        text = str(value).lower()
+        return text if text in allowed else None
+
+    return parse
+
+
+def _value_range(value: object) -> str | None:
     """Read a value range written as "zero_one"/"minus_one_one", "[0, 1]", or a (low, high) pair."""
-    if value is None:
-        return None
     if isinstance(value, tuple | list) and len(value) == 2:
-        return "minus_one_one" if float(value[0]) < 0 else "zero_one"
+        pair = (float(value[0]), float(value[1]))
+        return {(0.0, 1.0): "zero_one", (-1.0, 1.0): "minus_one_one"}.get(pair)
     text = str(value).replace(" ", "").lower()
     if text in ("minus_one_one", "[-1,1]", "-1,1", "(-1,1)", "-1..1"):
         return "minus_one_one"
