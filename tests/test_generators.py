@@ -390,6 +390,23 @@ def test_half_precision_runs_and_keeps_exact_neutrality(dtype: torch.dtype) -> N
         assert_close(block_out, block_in, rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("cfg", [FACEMAGIC_CONFIGS["full"], INSWAPPER_TINY], ids=["facemagic", "inswapper"])
+def test_auto_dtype_on_cuda_is_half_precision_and_matches_fp32(cfg: GeneratorConfig) -> None:
+    half = TorchSwapper(build(cfg), device="cuda", dtype="auto")
+    full = TorchSwapper(build(cfg), device="cpu", dtype="fp32")
+    assert half.dtype in (torch.float16, torch.bfloat16) and half.device.type == "cuda"
+    image, source, target, strength = inputs(cfg)
+    crops = (image + 1) / 2 if cfg.value_range == "minus_one_one" else image
+    out = half.swap(crops.cuda(), source.cuda(), target.cuda(), strength.cuda())
+    assert out.images.device.type == "cuda" and out.images.dtype == torch.float32
+    reference = full.swap(crops, source, target, strength).images
+    assert float((out.images.cpu() - reference).abs().mean()) < 0.02
+    neutral = half.swap(crops.cuda(), source.cuda(), target.cuda(), torch.zeros_like(strength).cuda()).images
+    own = half.swap(crops.cuda(), target[:, None].expand_as(source).cuda(), target.cuda(), strength.cuda()).images
+    assert_close(neutral, own, rtol=0, atol=0 if cfg.arch == "facemagic" else 2e-3)
+
+
 def test_torch_swapper_with_explicit_bf16_on_cpu() -> None:
     cfg = INSWAPPER_TINY
     swapper = TorchSwapper(build(cfg), device="cpu", dtype=torch.bfloat16)
