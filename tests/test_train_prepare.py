@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -130,3 +133,26 @@ def test_flat_layout_of_the_shared_faces(analyzer: FaceAnalyzer, faces_dir: Path
     assert manifest is not None and manifest["persons"] == []
     assert FaceCache(tmp_path / "cache").person_ids.eq(-1).all()
     assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["num_faces"] == len(photos)
+
+
+def test_ctrl_c_keeps_the_photos_done_and_the_next_run_goes_on(
+    analyzer: FaceAnalyzer, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    analyze = analyzer.analyze
+    calls: list[int] = []
+
+    def pressed_during_the_second_photo(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return analyze(*args, **kwargs)
+
+    monkeypatch.setattr(analyzer, "analyze", pressed_during_the_second_photo)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(data_dir, cache, analyzer, image_size=SIZE, shard_size=100)
+    assert sorted(read_records(cache)) == ["alice/anni.jpg", "alice/zhuyin.jpg"]  # the photo at hand was finished
+    assert FaceCache(cache).person_ids.tolist() == [0, 0]  # ... and written as a shard
+    monkeypatch.undo()
+    rest = prepare_dataset(data_dir, cache, analyzer, image_size=SIZE, shard_size=100)
+    assert (rest.photos_processed, rest.faces_added, rest.faces_total) == (5, 2, 4)

@@ -16,7 +16,8 @@ own. Every photo that was processed is recorded (its shard rows, or "no_face", o
 "unreadable" with the reason) in the records file written with its shard, which the manifest
 lists (so the manifest stays small for millions of photos); a second run skips recorded
 photos and only adds the new ones: the work is resumable at shard granularity, and a broken
-file never stops it.
+file never stops it. Ctrl-C finishes the photo at hand and writes what is done as a last
+(smaller) shard before stopping, so nothing processed is lost.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNo
 from ..files import atomic_path, atomic_write_bytes
 from ..images import load_image
 from ..types import Face, ProgressCallback
+from .interrupt import DeferredInterrupt
 
 if TYPE_CHECKING:
     from ..analysis import FaceAnalyzer
@@ -346,33 +348,39 @@ def prepare_dataset(
     buffer = _Buffer()
     faces_added = shards_written = 0
     no_face: list[str] = []
-    for done, photo in enumerate(pending, start=1):
-        if photo.person and photo.person not in person_index:
-            person_index[photo.person] = len(persons)
-            persons.append(photo.person)
-        person_id = person_index[photo.person] if photo.person else -1
-        try:
-            image = load_image(source / photo.relative_path)
-            faces = analyzer.analyze(image, landmarks=True, embeddings=True)[0]
-        except PHOTO_ERRORS as error:
-            reason = str(error) if isinstance(error, FaceMagicError) else f"cannot read the image: {error}"
-            logger.warning("skipping %s: %s", photo.relative_path, reason)
-            buffer.records[photo.relative_path] = {"status": "unreadable", "reason": reason}
-        else:
-            chosen = _choose_faces(faces, all_faces, min_face_size)
-            if chosen:
-                faces_added += _add_photo(
-                    buffer, photo, image, chosen, image_size=image_size, template=template, person_id=person_id
-                )
+    with DeferredInterrupt("this photo").held() as request:
+        for done, photo in enumerate(pending, start=1):
+            if photo.person and photo.person not in person_index:
+                person_index[photo.person] = len(persons)
+                persons.append(photo.person)
+            person_id = person_index[photo.person] if photo.person else -1
+            try:
+                image = load_image(source / photo.relative_path)
+                faces = analyzer.analyze(image, landmarks=True, embeddings=True)[0]
+            except PHOTO_ERRORS as error:
+                reason = str(error) if isinstance(error, FaceMagicError) else f"cannot read the image: {error}"
+                logger.warning("skipping %s: %s", photo.relative_path, reason)
+                buffer.records[photo.relative_path] = {"status": "unreadable", "reason": reason}
             else:
-                reason = "no face found" if not faces else f"no face of at least {min_face_size:g} px"
-                buffer.records[photo.relative_path] = {"status": "no_face", "reason": reason}
-                no_face.append(photo.relative_path)
-        if buffer.faces >= shard_size:
-            shards_written += _flush(buffer, manifest, target)
-            buffer = _Buffer()
-        if progress is not None:
-            progress(done, len(pending))
+                chosen = _choose_faces(faces, all_faces, min_face_size)
+                if chosen:
+                    faces_added += _add_photo(
+                        buffer, photo, image, chosen, image_size=image_size, template=template, person_id=person_id
+                    )
+                else:
+                    reason = "no face found" if not faces else f"no face of at least {min_face_size:g} px"
+                    buffer.records[photo.relative_path] = {"status": "no_face", "reason": reason}
+                    no_face.append(photo.relative_path)
+            if buffer.faces >= shard_size or request.requested:
+                shards_written += _flush(buffer, manifest, target)
+                buffer = _Buffer()
+            if request.requested:
+                logger.warning(
+                    "stopped after %d of %d photo(s); the same command goes on from there", done, len(pending)
+                )
+                raise KeyboardInterrupt
+            if progress is not None:
+                progress(done, len(pending))
     shards_written += _flush(buffer, manifest, target)  # also writes the manifest of a call with nothing new
     return PrepareSummary(
         cache_dir=target,

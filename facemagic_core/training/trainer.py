@@ -33,8 +33,6 @@ import io
 import logging
 import math
 import random
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +55,7 @@ from .config import TrainConfig
 from .data import FaceCache, PairIndices, PairSampler, TrainingBatch, load_batch
 from .discriminator import MultiScaleDiscriminator, logits_of
 from .distill import DistillTeacher
+from .interrupt import DeferredInterrupt
 from .teachers import LandmarkTeacher, RecognizerTeacher
 
 logger = logging.getLogger(__name__)
@@ -138,37 +137,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class _StopRequest:
-    """Ctrl-C while a step runs: the first SIGINT is held until the step is complete, a second one stops at once.
-
-    A step interrupted half way (batch drawn, weights updated, EMA not yet) cannot be saved
-    as a state that resumes exactly; holding the signal to the end of the step can. Signals
-    are only caught in the main thread (elsewhere Python delivers none).
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
-
-        def hold(number: int, frame: Any) -> None:
-            if self.requested:  # a second Ctrl-C: stop now, mid-step (nothing is saved)
-                raise KeyboardInterrupt
-            self.requested = True
-            logger.warning("Ctrl-C: finishing this step, then saving the training state (press again to abort)")
-
-        signal.signal(signal.SIGINT, hold)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
 
 class Trainer:
@@ -471,7 +439,7 @@ class Trainer:
         last: dict[str, float] = {}
         pending: list[dict[str, float]] = []
         started = time.perf_counter()
-        request = _StopRequest()
+        request = DeferredInterrupt("this step")
         mid_step = False
         try:
             with request.held():
