@@ -414,7 +414,7 @@ class FaceAnalyzer:
             per_image.append(faces)
         if embeddings and self._recognizer is not None:
             flat = [face for faces in per_image for face in faces]
-            embedded = iter(self.embed_faces(images, flat))
+            embedded = iter(self._embed_checked(images, flat))
             per_image = [[next(embedded) for _ in faces] for faces in per_image]
         return per_image
 
@@ -432,8 +432,12 @@ class FaceAnalyzer:
                 fix="pass recognizer=<w600k_r50.onnx> or load a pack that contains one (buffalo_l)",
             )
         check_images(images, where="images to embed")
-        if not faces:
-            return []
+        return self._embed_checked(images, faces)
+
+    def _embed_checked(self, images: torch.Tensor, faces: Sequence[Face]) -> list[Face]:
+        """:meth:`embed_faces` for images already checked (each check reads every pixel once)."""
+        if self._recognizer is None or not faces:
+            return [*faces]
         size = int(self._recognizer.input_size[0])
         crops, _ = align_faces(images, faces, size, "arcface")
         vectors = self.forward_recognizer(crops)

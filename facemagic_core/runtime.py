@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -221,9 +220,14 @@ def installed_onnxruntime_distributions() -> dict[str, str]:
     }
 
 
+#: Characters that make a word of a command line need quotes in some shell (zsh expands [...]).
+_NEEDS_QUOTES = frozenset(" []&()")
+
+
 def _command(*words: str) -> str:
-    """A shell command line; the interpreter is quoted only when its path needs it."""
-    return " ".join(shlex.quote(word) if " " in word else word for word in words)
+    """A command line to paste into a shell; words that need it are put in double quotes, which bash,
+    zsh, cmd.exe and PowerShell all read the same way (a Windows interpreter path keeps its backslashes)."""
+    return " ".join(f'"{word}"' if _NEEDS_QUOTES.intersection(word) else word for word in words)
 
 
 def _pip(*arguments: str) -> str:

@@ -176,7 +176,7 @@ def test_gpu_provider_available_but_not_taken_blames_cuda_libraries(
     (message,) = [record.getMessage() for record in caplog.records]
     assert "detector: CUDAExecutionProvider was asked for but the session runs on the CPU" in message
     assert "CUDA or cuDNN libraries" in message
-    assert "onnxruntime-gpu[cuda,cudnn]" in message
+    assert '-m pip install "onnxruntime-gpu[cuda,cudnn]"' in message  # quoted: zsh would expand the brackets
 
 
 def test_no_warning_when_the_gpu_is_taken(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -201,6 +201,14 @@ def test_trap_both_distributions_installed(monkeypatch: pytest.MonkeyPatch) -> N
     assert f"Run: {sys.executable} -m pip uninstall" in fix  # the pip of this very interpreter (ComfyUI portable)
     assert "-m pip install onnxruntime-gpu==1.30.0" in fix  # the GPU version that was there, not the newest
     assert "--no-deps" in fix
+
+
+def test_fix_commands_quote_what_a_shell_would_split_or_expand(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime.sys, "executable", r"C:\ComfyUI portable\python_embeded\python.exe")
+    fake_distributions(monkeypatch, {"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"})
+    fix = runtime.check_onnxruntime_install()
+    assert fix is not None
+    assert r'Run: "C:\ComfyUI portable\python_embeded\python.exe" -m pip uninstall -y onnxruntime' in fix
 
 
 def test_trap_gpu_distribution_without_cuda_provider(monkeypatch: pytest.MonkeyPatch) -> None:
