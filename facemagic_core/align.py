@@ -209,7 +209,9 @@ def warp_affine(
     Frames are never copied per face: faces of the same frame are sampled in one
     ``grid_sample`` call, their output grids stacked along the height axis. Half-precision
     images are sampled in float32 (normalised float16 coordinates would be off by up to
-    half a pixel on a 1080p frame) and the result is cast back.
+    half a pixel on a 1080p frame) and the result is cast back. Everything stays on the
+    images' device; the host waits only for three scalars (the singular-matrix and
+    image-index checks, and the most faces in one frame, which sizes the sampling grid).
     """
     _check_matrices(matrices)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
