@@ -1,7 +1,8 @@
 """FaceMagic's ComfyUI nodes (V3 schema): one ComfyExtension, node modules split by domain.
 
-Each node module is imported on its own: if one fails (a missing optional dependency, a core
-module of another version), the others still load and the log says what failed and why.
+Each node module is imported on its own, and each node's schema is built once before ComfyUI sees
+it: if one fails (a missing optional dependency, a core module of another version), the others
+still load and the log says what failed and why.
 """
 
 from __future__ import annotations
@@ -18,25 +19,40 @@ logger = logging.getLogger(__name__)
 #: Node modules, in menu order. Each defines NODES, a list of node classes.
 NODE_MODULES = ("loader_nodes", "identity_nodes", "swap_nodes")
 
-#: module name -> "ExceptionType: message" for every node module that failed to import.
+#: "ExceptionType: message" for every node module that failed to import ("swap_nodes") and every node whose
+#: schema could not be built ("swap_nodes.FaceMagicBlend").
 IMPORT_FAILURES: dict[str, str] = {}
+
+
+def _record_failure(name: str, error: Exception) -> None:
+    IMPORT_FAILURES[name] = f"{type(error).__name__}: {error}"
+    logger.error(
+        "FaceMagic: %s could not be loaded (%s: %s); the other FaceMagic nodes are available. "
+        "Fix: install FaceMagic's requirements (pip install -r requirements.txt in its folder), make sure "
+        "facemagic_core comes from the same FaceMagic version, and restart ComfyUI.",
+        name,
+        type(error).__name__,
+        error,
+        exc_info=error,
+    )
 
 
 def _import_node_module(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(f".{name}", __name__)
     except Exception as error:  # one broken module must not take the other nodes down
-        IMPORT_FAILURES[name] = f"{type(error).__name__}: {error}"
-        logger.error(
-            "FaceMagic: the nodes of %s could not be loaded (%s: %s); the other FaceMagic nodes are available. "
-            "Fix: install FaceMagic's requirements (pip install -r requirements.txt in its folder), make sure "
-            "facemagic_core comes from the same FaceMagic version, and restart ComfyUI.",
-            name,
-            type(error).__name__,
-            error,
-            exc_info=error,
-        )
+        _record_failure(name, error)
         return None
+
+
+def _has_schema(cls: type[io.ComfyNode], module: str) -> bool:
+    """Whether the node's schema builds: ComfyUI builds them all in one go, and one that raises drops the rest."""
+    try:
+        cls.GET_SCHEMA()
+    except Exception as error:
+        _record_failure(f"{module}.{cls.__name__}", error)
+        return False
+    return True
 
 
 def load_node_classes() -> list[type[io.ComfyNode]]:
@@ -46,7 +62,7 @@ def load_node_classes() -> list[type[io.ComfyNode]]:
     for name in NODE_MODULES:
         module = _import_node_module(name)
         if module is not None:
-            classes.extend(module.NODES)
+            classes.extend(cls for cls in module.NODES if _has_schema(cls, name))
     return classes
 
 

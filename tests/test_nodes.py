@@ -133,6 +133,22 @@ def test_the_frontend_extension_agrees_with_the_nodes(nodes: dict[str, Any], pac
     assert shown == with_results
 
 
+def test_a_node_whose_schema_fails_leaves_the_others_loaded(pack: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ComfyUI builds every schema in one loop and drops the whole pack when one raises; the pack checks first."""
+    blend = pack.nodes.swap_nodes.FaceMagicBlend
+
+    def broken(cls: type) -> Any:
+        raise AttributeError("module 'facemagic_core.blend' has no attribute 'MASK_KINDS'")
+
+    monkeypatch.setattr(blend, "define_schema", classmethod(broken))
+    ids = {cls.GET_SCHEMA().node_id for cls in pack.nodes.load_node_classes()}
+    assert "FaceMagicBlend" not in ids and {"FaceMagicSwap", "FaceMagicSwapFaces", "FaceMagicAnalyzerLoader"} <= ids
+    assert list(pack.nodes.IMPORT_FAILURES) == ["swap_nodes.FaceMagicBlend"]
+    assert "MASK_KINDS" in pack.nodes.IMPORT_FAILURES["swap_nodes.FaceMagicBlend"]
+    monkeypatch.undo()
+    assert len(pack.nodes.load_node_classes()) == len(CORE_NODE_IDS) and not pack.nodes.IMPORT_FAILURES
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Model folder
 
