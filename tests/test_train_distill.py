@@ -20,7 +20,7 @@ from facemagic_core.generators import (
     swap_woven,
 )
 from facemagic_core.training.config import TrainConfig
-from facemagic_core.training.data import FaceCache, PairIndices, load_batch
+from facemagic_core.training.data import FaceCache, PairIndices, TrainingBatch, load_batch
 from facemagic_core.training.distill import DistillTeacher, choose_mode
 from facemagic_core.training.prepare import prepare_dataset
 from facemagic_core.training.trainer import Trainer, read_losses
@@ -75,10 +75,15 @@ class TintSwapper:
         return SwapOutput(images=(crops * gain[:, :, None, None]).clamp(0, 1))
 
 
-def _eval_batch(cache: FaceCache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _eval_training_batch(cache: FaceCache) -> TrainingBatch:
+    """Eight swaps: every face gets the identity of the face before it."""
     rows = torch.arange(8)
     pairs = PairIndices(rows, rows.roll(1), rows.roll(1), torch.full((8,), 3), torch.zeros(8, dtype=torch.bool))
-    batch = load_batch(cache, pairs, num_blocks=3, device=torch.device("cpu"))
+    return load_batch(cache, pairs, num_blocks=3, device=torch.device("cpu"))
+
+
+def _eval_batch(cache: FaceCache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch = _eval_training_batch(cache)
     return batch.target_images, batch.source_identity[:, 0], batch.target_identity
 
 
@@ -90,15 +95,8 @@ def test_distillation_lowers_the_students_error_against_the_teacher(cache: FaceC
     trainer = Trainer(config, cache, tmp_path / "run", distill_from=teacher, device="cpu")
     assert trainer.distill_teacher is not None and trainer.distill_teacher.mode == "woven"
     assert trainer.recognizer is None and trainer.discriminator is None  # pure distillation needs no ArcFace
-    crops, source, target = _eval_batch(cache)
-    taught = trainer.distill_teacher.targets(crops, source, target)
-    batch = load_batch(
-        cache,
-        PairIndices(torch.arange(8), torch.arange(8).roll(1), torch.arange(8).roll(1), torch.full((8,), 3),
-                    torch.zeros(8, dtype=torch.bool)),
-        num_blocks=3,
-        device=torch.device("cpu"),
-    )  # fmt: skip
+    batch = _eval_training_batch(cache)
+    taught = trainer.distill_teacher.targets(batch.target_images, batch.source_identity[:, 0], batch.target_identity)
 
     def error(module: torch.nn.Module) -> float:
         with torch.no_grad():
