@@ -1000,6 +1000,12 @@ def swap_faces(
             fix=f"use an analyzer with the '{generator.embedding_model}' recogniser",
         )
     _strength_rows(options.strength, int(generator.num_blocks))  # fail before any work
+    if options.mask == "hull" and not analyzer.has_dense_landmarks:
+        raise BadInputError(
+            "the hull mask needs 68- or 106-point landmarks, and this face analyzer has no landmark model",
+            where="swap options",
+            fix="use an analyzer with a landmark model (the buffalo_l pack), or the ellipse or box mask",
+        )
     if external_mask is not None and external_mask.shape[0] not in (1, frames_in.shape[0]):
         raise BadInputError(
             f"{external_mask.shape[0]} external masks for {frames_in.shape[0]} frames", where="swap_faces"

@@ -212,6 +212,16 @@ def test_identity_of_the_wrong_size_or_recogniser_is_refused(
         forward_swap(batch, generator, unit_identity(1))
 
 
+def test_a_hull_mask_without_a_landmark_model_is_refused_before_any_work(
+    portrait: torch.Tensor, analyzer: FaceAnalyzer
+) -> None:
+    fake = FakeSwapper()
+    assert not analyzer.has_dense_landmarks  # YuNet alone: five points per face
+    with pytest.raises(BadInputError, match="hull mask needs 68- or 106-point landmarks") as error:
+        swap_faces(portrait, unit_identity(1), analyzer, fake, SwapOptions(mask="hull"))
+    assert fake.calls == [] and error.value.fix and "ellipse" in error.value.fix
+
+
 def test_corrupt_model_file_is_never_loaded(tmp_path: Path) -> None:
     broken = tmp_path / "inswapper_128.onnx"
     broken.write_bytes(b"\x08\x07\x12\x04this is not a complete protobuf" * 3)
