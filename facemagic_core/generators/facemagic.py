@@ -181,6 +181,7 @@ class DecoderLevel(nn.Module):
         self.slope = slope
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        """``x (B, C, h, w)``, the encoder's ``skip (B, C', 2h, 2w)`` (unused without skips) -> (B, C', 2h, 2w)."""
         x = F.leaky_relu(self.up(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)), self.slope)
         if self.fuse is not None:
             x = self.fuse(torch.cat([x, skip], dim=1))
