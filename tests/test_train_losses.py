@@ -134,3 +134,7 @@ def test_train_config_round_trip_and_unknown_keys() -> None:
         TrainConfig.from_dict({"losses": {"identiti": 1.0}})
     with pytest.raises(BadInputError, match="same_image_fraction"):
         TrainConfig(same_image_fraction=1.5)
+    with pytest.raises(BadInputError, match="grad_clip"):
+        TrainConfig(grad_clip=-1.0)  # a negative clip used to switch clipping off without a word
+    with pytest.raises(BadInputError, match="betas"):
+        TrainConfig.from_dict({**config.to_dict(), "betas": [0.9, 1.5]})

@@ -92,7 +92,7 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # clip the global gradient norm of each model to this (0: off)
     ema_decay: float = 0.999  # EMA of the generator; warmed up as min(decay, (1 + t) / (10 + t))
-    precision: Precision = "auto"  # autocast dtype on GPU (fp16 adds a GradScaler); CPU runs fp32
+    precision: Precision = "auto"  # autocast dtype: auto = bf16 (else fp16 + GradScaler) on GPU, fp32 on CPU
     same_image_fraction: float = 0.25  # rows per batch whose source is the target itself (reconstruction)
     mix_fraction: float = 0.25  # swap rows that get two identities, split across coarse and fine blocks
     relative_identity_mode: RelativeMode = "absolute"
@@ -118,6 +118,13 @@ class TrainConfig:
             raise _invalid(f"ema_decay must lie in [0, 1), got {self.ema_decay}", "use e.g. 0.999")
         if self.learning_rate <= 0 or self.discriminator_learning_rate <= 0:
             raise _invalid("learning rates must be positive", "use e.g. 1e-4")
+        if not (self.grad_clip >= 0 and self.weight_decay >= 0):
+            raise _invalid(
+                f"grad_clip and weight_decay must be >= 0, got {self.grad_clip} and {self.weight_decay}",
+                "use 0 to switch them off",
+            )
+        if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise _invalid(f"betas must be two numbers in [0, 1), got {list(self.betas)}", "use e.g. [0.0, 0.99]")
         if self.precision not in PRECISIONS:
             raise _invalid(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
         if self.relative_identity_mode not in RELATIVE_MODES:
