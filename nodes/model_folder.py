@@ -99,6 +99,17 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
+def _staying_inside(path: Path, folder: Path, *, what: str, fix: str) -> Path:
+    """``path``, unless links take it out of ``folder`` (then ``BadInputError``)."""
+    if not _inside(path, folder):
+        raise BadInputError(
+            f"the {what} is reached through a link that leads outside the FaceMagic model folder",
+            where=str(path),
+            fix=fix,
+        )
+    return path
+
+
 def resolve_name(name: str, *, what: str, folders: list[Path] | None = None, subfolder: str = "") -> Path:
     """The existing file or folder called ``name`` in the model directories (first match).
 
@@ -110,13 +121,9 @@ def resolve_name(name: str, *, what: str, folders: list[Path] | None = None, sub
         base = folder / subfolder if subfolder else folder
         candidate = base / Path(*relative.parts)
         if candidate.exists():
-            if not _inside(candidate, base):
-                raise BadInputError(
-                    f"the {what} {name!r} is a link that leads outside the FaceMagic model folder",
-                    where=str(candidate),
-                    fix="copy the file into the folder instead of linking it",
-                )
-            return candidate
+            return _staying_inside(
+                candidate, base, what=f"{what} {name!r}", fix="copy the file into the folder instead of linking it"
+            )
     places = ", ".join(str(folder / subfolder if subfolder else folder) for folder in searched)
     raise ModelNotFoundError(
         f"the {what} {name!r} was not found",
@@ -188,13 +195,9 @@ def identity_path_for_saving(name: str) -> Path:
         relative = relative.with_suffix("")
     base = identities_dir()
     path = base / Path(*relative.parts).with_name(relative.name + IDENTITY_SUFFIX)
-    if not _inside(path, base):
-        raise BadInputError(
-            f"the identity {name!r} would be saved through a link that leads outside the FaceMagic model folder",
-            where=str(path),
-            fix="choose a name whose folders are inside models/facemagic/identities",
-        )
-    return path
+    return _staying_inside(
+        path, base, what=f"identity {name!r}", fix="choose a name whose folders are inside models/facemagic/identities"
+    )
 
 
 def resolve_identity(name: str) -> Path:

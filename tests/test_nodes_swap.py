@@ -30,6 +30,7 @@ ALL_IN_ONE_SETTINGS = {
     **{key: value for key, value in SWAP_SETTINGS.items() if key != "weave"},
     **{key: value for key, value in BLEND_SETTINGS.items() if key not in ("generator_mask", "poisson")},
 }
+ALL_IN_ONE_DEFAULTS = {**ALL_IN_ONE_SETTINGS, "pose_check": False, "pose_policy": "keep", "no_face": "error"}
 POSE_SETTINGS = {"max_yaw_diff": 10.0, "max_pitch_diff": 10.0, "max_roll_diff": 8.0, "max_nme": 0.05}
 
 
@@ -174,11 +175,7 @@ def test_all_in_one_goes_through_long_batches_in_chunks_like_the_modular_nodes(
     before = frames.clone()
     settings = {"images": frames, "identity": identity_b, "generator": generator, "analyzer": analyzer}
     comfy.utils.PROGRESS_UPDATES.clear()
-    images, mask, report = (
-        nodes["FaceMagicSwapFaces"]
-        .run(**settings, **ALL_IN_ONE_SETTINGS, pose_check=False, pose_policy="keep", no_face="error")
-        .args
-    )
+    images, mask, report = nodes["FaceMagicSwapFaces"].run(**settings, **ALL_IN_ONE_DEFAULTS).args
     total = DEFAULT_CHUNK_SIZE + 2
     assert [update[1:] for update in comfy.utils.PROGRESS_UPDATES] == [(DEFAULT_CHUNK_SIZE, total), (total, total)]
     assert torch.equal(frames, before)  # the target IMAGE is read, never written
@@ -190,9 +187,7 @@ def test_all_in_one_goes_through_long_batches_in_chunks_like_the_modular_nodes(
     torch.testing.assert_close(mask, modular_mask, atol=2e-5, rtol=0)
     model_management.interrupt_current_processing(True)
     with pytest.raises(model_management.InterruptProcessingException):
-        nodes["FaceMagicSwapFaces"].run(
-            **settings, **ALL_IN_ONE_SETTINGS, pose_check=False, pose_policy="keep", no_face="error"
-        )
+        nodes["FaceMagicSwapFaces"].run(**settings, **ALL_IN_ONE_DEFAULTS)
 
 
 class RunsOutOfMemory:
@@ -217,20 +212,8 @@ def test_all_in_one_keeps_the_smaller_chunk_after_running_out_of_memory(
     flaky = RunsOutOfMemory(generator.model, most=2)
     handle = dataclasses.replace(generator, model=flaky, patcher=None)
     frames = comfy_image([(2, 2, 255)], size=160).repeat(2 * DEFAULT_CHUNK_SIZE + 2, 1, 1, 1)
-    images = (
-        nodes["FaceMagicSwapFaces"]
-        .run(
-            images=frames,
-            identity=identity_b,
-            generator=handle,
-            analyzer=analyzer,
-            **ALL_IN_ONE_SETTINGS,
-            pose_check=False,
-            pose_policy="keep",
-            no_face="error",
-        )
-        .args[0]
-    )
+    inputs = {"images": frames, "identity": identity_b, "generator": handle, "analyzer": analyzer}
+    images = nodes["FaceMagicSwapFaces"].run(**inputs, **ALL_IN_ONE_DEFAULTS)[0]
     assert flaky.failures == 2  # 8 -> 4 -> 2 frames once, then every later chunk goes 2 by 2
     torch.testing.assert_close(images[0], images[-1])
 
@@ -243,23 +226,8 @@ def test_all_in_one_matches_the_modular_nodes(
     identity_b: Identity,
     swapped: Any,
 ) -> None:
-    output = nodes["FaceMagicSwapFaces"].run(
-        images=target,
-        identity=identity_b,
-        generator=generator,
-        analyzer=analyzer,
-        pose_check=True,
-        pose_policy="keep",
-        no_face="error",
-        mask="ellipse",
-        erosion=0.05,
-        feather=0.1,
-        colour="none",
-        strength=1.0,
-        face_order="largest",
-        face_index=0,
-        smoothing=0.0,
-    )
+    inputs = {"images": target, "identity": identity_b, "generator": generator, "analyzer": analyzer}
+    output = nodes["FaceMagicSwapFaces"].run(**inputs, **{**ALL_IN_ONE_DEFAULTS, "pose_check": True})
     images, mask, report = output.args
     modular, modular_mask = nodes["FaceMagicBlend"].run(swap=swapped[0], **BLEND_SETTINGS).args
     torch.testing.assert_close(images, modular, atol=2e-5, rtol=0)
