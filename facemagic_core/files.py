@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import BadInputError
 
 
 @contextlib.contextmanager
@@ -34,3 +37,36 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         stream.write(data)
         stream.flush()
         os.fsync(stream.fileno())
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, or :class:`BadInputError` when no file can be written there (a video or a picture).
+
+    Checked before any work is done: ``path`` must not be a folder, and its folder must exist
+    and accept a new file, or be creatable inside the nearest existing folder (probed with a
+    temporary file that is removed at once; nothing else is written).
+    """
+    file = Path(path)
+    if file.is_dir():
+        raise BadInputError(
+            "the output path is a folder, not a file",
+            where=str(file),
+            fix=f"give a file name, e.g. {file / ('result' + (file.suffix or '.png'))}",
+        )
+    existing = next((folder for folder in (file.parent, *file.parent.parents) if folder.exists()), Path.cwd())
+    if not existing.is_dir():
+        raise BadInputError(
+            f"{existing} is a file, so the output folder cannot be made there",
+            where=str(file),
+            fix="choose an output path inside a folder",
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise BadInputError(
+            f"cannot write into {existing} ({error.strerror or error})",
+            where=str(file),
+            fix="choose a folder you can write to",
+        ) from error
+    return file

@@ -5,7 +5,6 @@ Frames come and go as ``(B, 3, H, W)`` float32 RGB tensors in [0, 1] (the layout
 
 - :func:`read_video_info` — frame count, frames per second and size, without decoding the frames;
 - :func:`iter_frames` — the frames in chunks of at most ``chunk`` frames; :func:`read_frames` — all at once;
-- :func:`check_output_path` — that a file can be written at a path, before any work is done;
 - :func:`write_video` — an ``.mp4``/``.mov``/``.m4v``/``.avi`` (OpenCV ``cv2.VideoWriter``, MPEG-4 Part 2
   ``mp4v``) or a ``.gif`` (Pillow) from an iterable of chunks, written atomically: the file
   appears under its name only when every frame was written, so an error or a cancelled run
@@ -22,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import BadInputError
-from .files import atomic_path
+from .files import atomic_path, check_output_path
 from .images import check_images, rgb_uint8_to_tensor, tensor_to_rgb_uint8
 
 logger = logging.getLogger(__name__)
@@ -322,39 +320,6 @@ def _write_gif(temporary: Path, chunks: Iterable[torch.Tensor], fps: float) -> i
     return count[0]
 
 
-def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path, or :class:`BadInputError` when no file can be written there (a video or a picture).
-
-    Checked before any work is done: ``path`` must not be a folder, and its folder must exist
-    and accept a new file, or be creatable inside the nearest existing folder (probed with a
-    temporary file that is removed at once; nothing else is written).
-    """
-    file = Path(path)
-    if file.is_dir():
-        raise BadInputError(
-            "the output path is a folder, not a file",
-            where=str(file),
-            fix=f"give a file name, e.g. {file / ('result' + (file.suffix or '.png'))}",
-        )
-    existing = next((folder for folder in (file.parent, *file.parent.parents) if folder.exists()), Path.cwd())
-    if not existing.is_dir():
-        raise BadInputError(
-            f"{existing} is a file, so the output folder cannot be made there",
-            where=str(file),
-            fix="choose an output path inside a folder",
-        )
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise BadInputError(
-            f"cannot write into {existing} ({error.strerror or error})",
-            where=str(file),
-            fix="choose a folder you can write to",
-        ) from error
-    return file
-
-
 def write_video(path: str | os.PathLike[str], chunks: Iterable[torch.Tensor] | torch.Tensor, fps: float) -> int:
     """Write frames to ``path`` (``.mp4``/``.mov``/``.m4v``/``.avi`` or ``.gif``) atomically; returns the frame count.
 
@@ -364,7 +329,7 @@ def write_video(path: str | os.PathLike[str], chunks: Iterable[torch.Tensor] | t
     anything raises meanwhile (including a :class:`~facemagic_core.errors.CancelledError`
     from the producer), the temporary file is removed and ``path`` is left as it was.
     Odd widths or heights are padded by one repeated row/column for MPEG-4. An output path
-    that cannot be written is refused (:func:`check_output_path`) before the first chunk is
+    that cannot be written is refused (:func:`facemagic_core.files.check_output_path`) before the first chunk is
     asked for, so a swap feeding ``chunks`` does not even start.
     """
     file = Path(path)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..blend import COLOUR_METHODS, MASK_KINDS
 from ..errors import BadInputError
+from ..files import check_output_path
 from ..identity import IDENTITY_SUFFIX, extract_identity, load_identity, mix_coarse_fine
 from ..images import load_image, save_image
 from ..pipeline import (
@@ -27,7 +28,7 @@ from ..pipeline import (
 )
 from ..pose import FAILURE_POLICIES, PoseReport, PoseThresholds, draw_pose_overlay, format_pose_report
 from ..types import FACE_ORDERS, Identity
-from ..video import WRITABLE_VIDEO_SUFFIXES, check_output_path, is_video_path
+from ..video import WRITABLE_VIDEO_SUFFIXES, is_video_path
 from . import add_model_options
 from . import identity as identity_command
 
