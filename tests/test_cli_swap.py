@@ -235,3 +235,38 @@ def test_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> None:
                    "--erosion", "--colour", "--weave", "--smooth", "--no-face", "--device", "--dtype", "--models",
                    "--max-frames", "examples:"):  # fmt: skip
         assert option in text
+
+
+def test_several_identity_files_give_one_identity_per_face(
+    t1_path: Path,
+    models: dict[str, Path],
+    base_args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import facemagic_core.cli.swap as swap_command
+
+    files = []
+    for number in range(2):
+        path = tmp_path / f"person{number}.safetensors"
+        save_identity(Identity(np.random.default_rng(number).normal(size=512), "arcface_w600k_r50"), path)
+        files.append(path)
+    seen: list[object] = []
+    real_swap_faces = swap_command.swap_faces
+
+    def recording_swap_faces(images, identities, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(identities)
+        return real_swap_faces(images, identities, *args, **kwargs)
+
+    monkeypatch.setattr(swap_command, "swap_faces", recording_swap_faces)
+    output = tmp_path / "group.png"
+    arguments = ["swap", "--identity", *map(str, files), "--target", str(t1_path), "-o", str(output)]
+    arguments += ["--all-faces", "--order", "left_to_right", "--generator", str(models["native"]), *base_args]
+    assert main(arguments) == 0
+    (identities,) = seen
+    assert isinstance(identities, list) and len(identities) == 2
+    for identity, path in zip(identities, files, strict=True):
+        np.testing.assert_array_equal(identity.embeddings, load_identity(path).embeddings)
+    out = capsys.readouterr().out
+    assert "one per face" in out and "Swapped 6 face(s)" in out

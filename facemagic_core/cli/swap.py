@@ -112,8 +112,11 @@ def register(subparsers: Any) -> None:
     who.add_argument(
         "--identity",
         type=Path,
+        nargs="+",
         metavar="FILE",
-        help=f"an identity file ({IDENTITY_SUFFIX}) made by 'facemagic identity' or the Save Identity node",
+        help=f"an identity file ({IDENTITY_SUFFIX}) made by 'facemagic identity' or the Save Identity node; "
+        "with several files, the first face of each frame (in --order) gets the first file, the second face the "
+        "second file, and so on (faces beyond the list get the last file): use with --all-faces",
     )
     who.add_argument(
         "--mix",
@@ -351,8 +354,10 @@ def _identity_from_file(path: Path, analyzer: FaceAnalyzer) -> Identity:
     return extract_identity(analyzer, [load_image(path)], sources=[path.name])
 
 
-def build_identity(args: argparse.Namespace, analyzer: FaceAnalyzer, generator: SwapModel) -> Identity:
-    """The identity to inject, from --source, --identity or --mix (exactly one of them)."""
+def build_identity(args: argparse.Namespace, analyzer: FaceAnalyzer, generator: SwapModel) -> Identity | list[Identity]:
+    """The identity to inject, from --source, --identity or --mix (exactly one of them).
+
+    Several --identity files give one identity per face (a list, in face order)."""
     given = [name for name in ("source", "identity", "mix") if getattr(args, name)]
     if len(given) != 1:
         raise BadInputError(
@@ -364,7 +369,8 @@ def build_identity(args: argparse.Namespace, analyzer: FaceAnalyzer, generator: 
     if args.coarse_blocks is not None and not args.mix:
         raise BadInputError("--coarse-blocks only works with --mix", where="facemagic swap")
     if args.identity:
-        return _load_named_identity(args.identity)
+        identities = [_load_named_identity(path) for path in args.identity]
+        return identities[0] if len(identities) == 1 else identities
     if args.source:
         paths: list[Path] = list(args.source)
         images = [load_image(path) for path in paths]
@@ -494,9 +500,13 @@ def run_swap(args: argparse.Namespace) -> int:
     generator = load_generator(args.generator, model_dir=args.models, device=args.device, dtype=args.dtype)
     identity = build_identity(args, analyzer, generator)
     options = build_options(args, video=video)
+    described = "; ".join(
+        ", ".join(one.sources) or one.extra.get("name", "an identity file")
+        for one in ([identity] if isinstance(identity, Identity) else identity)
+    )
     print(
         f"Swapping with {generator.name} on {generator.device} ({str(generator.dtype).removeprefix('torch.')}); "
-        f"identity from {', '.join(identity.sources) or identity.extra.get('name', 'an identity file')}"
+        f"identity from {described}" + ("" if isinstance(identity, Identity) else " (one per face, in face order)")
     )
 
     if not video:
