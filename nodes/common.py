@@ -18,12 +18,6 @@ DEVICE_TOOLTIP = (
 )
 
 
-def node_id_of(cls: type) -> str | None:
-    """The id of the running node (ComfyUI sets ``cls.hidden`` on the class it executes), else None."""
-    hidden = getattr(cls, "hidden", None)
-    return getattr(hidden, "unique_id", None) if hidden is not None else None
-
-
 def comfy_device_name() -> str:
     """ComfyUI's device as a name facemagic_core understands ("cpu", "cuda:0", "mps"), else "auto"."""
     device = get_torch_device()

@@ -35,7 +35,6 @@ from .common import (
     face_order_input,
     generator_input,
     identity_input,
-    node_id_of,
 )
 from .memory import GeneratorHandle
 from .model_folder import identity_path_for_saving, list_identities, resolve_identity
@@ -496,7 +495,7 @@ class FaceMagicFaceSimilarity(io.ComfyNode):
         cls, analyzer: FaceAnalyzer, images: torch.Tensor, identity: Identity, face_order: str, face_index: int
     ) -> io.NodeOutput:
         pictures = as_image_batch(images, where="images")
-        progress = comfy_progress(int(pictures.shape[0]), node_id=node_id_of(cls), what="face similarity")
+        progress = comfy_progress(int(pictures.shape[0]), what="face similarity")
         with comfy_errors():
             values, report = measure_similarity(
                 analyzer, pictures, identity, face_order=face_order, face_index=face_index, progress=progress

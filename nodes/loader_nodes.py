@@ -10,7 +10,7 @@ from facemagic_core.hub import MODELS
 from facemagic_core.runtime import onnx_providers
 
 from ._comfy import io
-from .common import CATEGORY, DEVICE_TOOLTIP, ONNX_DEVICES, TORCH_DEVICES, node_id_of, resolve_device_choice
+from .common import CATEGORY, DEVICE_TOOLTIP, ONNX_DEVICES, TORCH_DEVICES, resolve_device_choice
 from .memory import manage_generator
 from .model_folder import ensure_registry_model, folder_holding, generator_choices, resolve_name
 from .progress import comfy_errors, comfy_progress
@@ -23,12 +23,10 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_GENERATOR = "inswapper_128"
 
 
-def load_analyzer(
-    model: str, *, device: str, det_size: int, det_threshold: float, node_id: str | None = None
-) -> FaceAnalyzer:
+def load_analyzer(model: str, *, device: str, det_size: int, det_threshold: float) -> FaceAnalyzer:
     """A FaceAnalyzer from the model folder (downloading what is missing, with ComfyUI's progress bar)."""
     providers = onnx_providers(resolve_device_choice(device))
-    progress = comfy_progress(node_id=node_id, what=f"analyzer {model}")
+    progress = comfy_progress(what=f"analyzer {model}")
     if model == "yunet":
         detector = ensure_registry_model("yunet", progress=progress)
         recognizer = ensure_registry_model("arcface_w600k_r50", progress=progress)
@@ -90,9 +88,7 @@ class FaceMagicAnalyzerLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model: str, device: str, det_size: int, det_threshold: float) -> io.NodeOutput:
         with comfy_errors():
-            analyzer = load_analyzer(
-                model, device=device, det_size=det_size, det_threshold=det_threshold, node_id=node_id_of(cls)
-            )
+            analyzer = load_analyzer(model, device=device, det_size=det_size, det_threshold=det_threshold)
         return io.NodeOutput(analyzer)
 
 
@@ -133,7 +129,7 @@ class FaceMagicGeneratorLoader(io.ComfyNode):
         with comfy_errors():
             spec = MODELS.get(model)
             if spec is not None and spec.kind == "swapper":
-                progress = comfy_progress(node_id=node_id_of(cls), what=f"generator {model}")
+                progress = comfy_progress(what=f"generator {model}")
                 path = ensure_registry_model(model, progress=progress)
                 generator = load_generator(model, model_dir=folder_holding(path), device=device_name, dtype=dtype)
             else:

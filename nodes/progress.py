@@ -33,7 +33,10 @@ def check_interrupted(where: str = "") -> None:
 
 
 def comfy_progress(total: int = 0, *, node_id: str | None = None, what: str = "") -> ProgressCallback:
-    """A core progress callback that drives ComfyUI's progress bar and checks for Cancel on every call."""
+    """A core progress callback that drives ComfyUI's progress bar and checks for Cancel on every call.
+
+    The bar belongs to ``node_id``; None (what the nodes pass) is the node ComfyUI is running.
+    """
     bar = new_progress_bar(max(int(total), 1), node_id)
 
     def progress(done: int, total: int) -> None:

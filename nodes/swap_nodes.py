@@ -46,7 +46,6 @@ from .common import (
     face_order_input,
     generator_input,
     identity_input,
-    node_id_of,
 )
 from .memory import GeneratorHandle
 from .progress import comfy_errors, comfy_progress
@@ -311,7 +310,7 @@ class FaceMagicSwap(io.ComfyNode):
         total = int(images.shape[0])
         selection = _face_selection(face_order, face_index, reference)
         tracker = FaceTracker(SmoothingConfig.with_strength(smoothing)) if smoothing > 0 else None
-        progress = comfy_progress(total, node_id=node_id_of(cls), what="swap")
+        progress = comfy_progress(total, what="swap")
         chunks: list[SwapChunk] = []
         with comfy_errors():
             model = generator.ready()
@@ -432,7 +431,7 @@ class FaceMagicPoseCheck(io.ComfyNode):
             max_roll_diff=float(max_roll_diff),
             max_nme=float(max_nme),
         )
-        progress = comfy_progress(len(swap.chunks), node_id=node_id_of(cls), what="pose check")
+        progress = comfy_progress(len(swap.chunks), what="pose check")
         checked: list[SwapChunk] = []
         debug = torch.empty((*swap.images.shape[:3], 3), dtype=torch.float32)
         with comfy_errors():
@@ -523,7 +522,7 @@ class FaceMagicBlend(io.ComfyNode):
                 where="limit mask",
                 fix="connect one mask per frame, or one mask for all frames",
             )
-        progress = comfy_progress(len(swap.chunks), node_id=node_id_of(cls), what="blend")
+        progress = comfy_progress(len(swap.chunks), what="blend")
         images = torch.empty((*swap.images.shape[:3], 3), dtype=torch.float32)
         masks = torch.empty(tuple(swap.images.shape[:3]), dtype=torch.float32)
         with comfy_errors():
@@ -642,7 +641,7 @@ class FaceMagicSwapFaces(io.ComfyNode):
             pose_policy=pose_policy,  # type: ignore[arg-type]
             no_face=no_face,  # type: ignore[arg-type]
         )
-        progress = comfy_progress(total, node_id=node_id_of(cls), what="swap")
+        progress = comfy_progress(total, what="swap")
         with comfy_errors():  # swap_faces works through the frames in chunks, halving them on out-of-memory
             result = swap_faces(frames, identity, analyzer, generator.ready(), options, progress)
         without = result.frames_without_face

@@ -64,6 +64,8 @@ def test_every_schema_is_complete(nodes: dict[str, Any]) -> None:
             assert item.tooltip and len(item.tooltip) > 10, f"{node_id}.{item.id} has no tooltip"
         for output in schema.outputs:
             assert output.display_name, f"{node_id} output {output.id} has no display name"
+        if ".hidden" in inspect.getsource(cls):  # ComfyUI fills only the hidden inputs a schema declares
+            assert schema.hidden, f"{node_id} reads hidden inputs its schema does not ask for"
     assert len(display_names) == len(nodes)
 
 

@@ -369,8 +369,13 @@ class ComfyNode:
 
     @classmethod
     def run(cls, unique_id: str = "1", **kwargs: Any) -> NodeOutput:
-        """Call ``execute`` the way ComfyUI does (on a clone carrying the hidden inputs); stand-in only."""
-        clone = type(cls.__name__, (cls,), {"hidden": HiddenHolder(unique_id=unique_id)})
+        """Call ``execute`` the way ComfyUI does (on a clone carrying the hidden inputs); stand-in only.
+
+        As in ComfyUI, ``cls.hidden.unique_id`` is only set when the schema asks for ``Hidden.unique_id``.
+        """
+        declared = cls.GET_SCHEMA().hidden
+        hidden = HiddenHolder(unique_id=unique_id if Hidden.unique_id in declared else None)
+        clone = type(cls.__name__, (cls,), {"hidden": hidden})
         result = clone.execute(**kwargs)
         if isinstance(result, tuple):
             result = NodeOutput(*result)
