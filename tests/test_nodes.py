@@ -466,6 +466,7 @@ def test_face_similarity_reads_out_per_image(
 def test_generator_loader_downloads_into_the_model_folder_with_progress(
     nodes: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import comfy.model_management as model_management
     import comfy.utils
     import folder_paths
     from hub_server import FakeHub, point_hub_client_at
@@ -481,6 +482,10 @@ def test_generator_loader_downloads_into_the_model_folder_with_progress(
     with FakeHub() as hub:
         point_hub_client_at(hub.endpoint, monkeypatch)
         hub.add_file("facefusion/models-3.0.0", "inswapper_128.onnx", onnx_file.read_bytes())
+        model_management.interrupt_current_processing(True)  # Cancel pressed: the download stops, leaves no file
+        with pytest.raises(model_management.InterruptProcessingException):
+            nodes["FaceMagicGeneratorLoader"].run(model="inswapper_128", device="cpu", dtype="fp32")
+        assert not (fresh / "inswapper_128.onnx").exists()
         comfy.utils.PROGRESS_UPDATES.clear()
         handle = nodes["FaceMagicGeneratorLoader"].run(model="inswapper_128", device="cpu", dtype="fp32")[0]
     assert (fresh / "inswapper_128.onnx").read_bytes() == onnx_file.read_bytes()
