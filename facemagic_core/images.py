@@ -130,6 +130,12 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
                 grey = np.asarray(upright, dtype=np.float32) / np.float32(_SIXTEEN_BIT_MAX)
                 return torch.from_numpy(np.clip(grey, 0.0, 1.0)).expand(1, 3, *grey.shape).contiguous()
             rgb = np.array(upright.convert("RGB"), dtype=np.uint8)  # a writable copy
+    except Image.DecompressionBombError as error:
+        raise BadInputError(
+            f"the image is too large to open safely: {error}",
+            where=str(file),
+            fix=f"resize it below {MAX_IMAGE_SIDE} px per side first",
+        ) from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:  # Pillow's parsers raise all four
         raise BadInputError(
             f"cannot read the image: {error}", where=str(file), fix="use a JPEG, PNG or WebP file that opens elsewhere"

@@ -571,7 +571,9 @@ def draw_pose_overlay(
 
     output = images.detach().clone()
     for index in sorted(set(owners)):
-        canvas = np.ascontiguousarray(images[index].detach().to("cpu", torch.float32).permute(1, 2, 0).numpy())
+        canvas = np.array(
+            images[index].detach().to("cpu", torch.float32).permute(1, 2, 0).numpy(), order="C", copy=True
+        )
         for face in (f for f in range(count) if owners[f] == index):
             spread = max(float(np.ptp(target[face][:, 0])), float(np.ptp(target[face][:, 1])), 1.0)
             radius = max(1, round(spread / 60))

@@ -31,3 +31,17 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path: Path) -> None:
         raise RuntimeError("cancelled half way")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["identity.safetensors"]
+
+
+def test_an_image_too_large_to_open_safely_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from facemagic_core.errors import BadInputError
+    from facemagic_core.images import load_image
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses images over twice this many pixels
+    with pytest.raises(BadInputError, match="too large to open safely") as error:
+        load_image(path)
+    assert "big.png" in str(error.value)

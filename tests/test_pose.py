@@ -185,6 +185,16 @@ def test_overlay_draws_new_tensor_and_leaves_input() -> None:
     assert overlay[1, 0, ry, rx] > 0.9 and overlay[1, 1, ry, rx] < 0.6
 
 
+def test_overlay_leaves_a_channels_last_view_untouched() -> None:
+    """ComfyUI hands over (B, H, W, C) IMAGEs; the node boundary permutes them to a (B, C, H, W) view."""
+    comfy_image = torch.full((1, 120, 160, 3), 0.25)
+    before = comfy_image.clone()
+    target = np.array([[[40.0, 50.0], [80.0, 50.0], [60.0, 70.0], [45.0, 90.0], [75.0, 90.0]]])
+    overlay = pose.draw_pose_overlay(comfy_image.permute(0, 3, 1, 2), target, target + 4.0)
+    assert torch.equal(comfy_image, before)
+    assert not torch.equal(overlay, before.permute(0, 3, 1, 2))
+
+
 def yunet_landmarks(model: Path, bgr: np.ndarray) -> np.ndarray:
     """5 landmarks (image-left eye first, our order) of the largest face YuNet finds."""
     height, width = bgr.shape[:2]
