@@ -118,6 +118,26 @@ def _normalized_float64(x: ArrayLike | Identity, *, where: str) -> npt.NDArray[n
     return normalized
 
 
+#: Rule of thumb for ArcFace w600k_r50 cosine similarity: above this, usually the same person.
+SAME_PERSON_THRESHOLD = 0.4
+#: Below this, usually different people; between the two, hard to tell.
+DIFFERENT_PEOPLE_THRESHOLD = 0.2
+#: The recogniser the two thresholds above were chosen for.
+THRESHOLD_MODEL = "arcface_w600k_r50"
+
+
+def describe_similarity(value: float) -> str:
+    """A plain-words verdict for an ArcFace w600k_r50 cosine similarity (a rule of thumb, not a guarantee)."""
+    if value >= SAME_PERSON_THRESHOLD:
+        return "likely the same person"
+    if value >= DIFFERENT_PEOPLE_THRESHOLD:
+        return (
+            "hard to tell: possibly the same person in very different conditions (age, angle, light, make-up), "
+            "or two people who look alike"
+        )
+    return "likely different people"
+
+
 def normalize_embedding(x: ArrayLike) -> FloatArray:
     """L2-normalise an embedding ``(D,)`` or each row of a batch ``(..., D)``; returns float32.
 

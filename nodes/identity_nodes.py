@@ -12,12 +12,12 @@ import torch
 
 from facemagic_core.align import align_faces
 from facemagic_core.analysis import FaceAnalyzer, face_similarities, select_faces
-from facemagic_core.cli.similarity import describe_similarity
 from facemagic_core.errors import BadInputError, FaceMagicError, IncompatibleIdentityError
 from facemagic_core.hub import sha256_file
 from facemagic_core.identity import (
     MixMethod,
     choose_source_faces,
+    describe_similarity,
     identity_from_chosen_faces,
     load_identity,
     mix_coarse_fine,

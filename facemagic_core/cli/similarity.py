@@ -9,30 +9,20 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError, IncompatibleIdentityError
-from ..identity import IDENTITY_SUFFIX, choose_source_faces, cosine_similarity, load_identity
+from ..identity import (
+    DIFFERENT_PEOPLE_THRESHOLD,
+    IDENTITY_SUFFIX,
+    SAME_PERSON_THRESHOLD,
+    THRESHOLD_MODEL,
+    choose_source_faces,
+    cosine_similarity,
+    describe_similarity,
+    load_identity,
+)
 from ..images import load_image
 from ..types import FloatArray, Identity
 from . import add_model_options
 from . import identity as identity_command
-
-#: Rule of thumb for ArcFace w600k_r50 cosine similarity: above this, usually the same person.
-SAME_PERSON_THRESHOLD = 0.4
-#: Below this, usually different people; between the two, hard to tell.
-DIFFERENT_PEOPLE_THRESHOLD = 0.2
-#: The recogniser the two thresholds above were chosen for.
-THRESHOLD_MODEL = "arcface_w600k_r50"
-
-
-def describe_similarity(value: float) -> str:
-    """A plain-words verdict for an ArcFace w600k_r50 cosine similarity (a rule of thumb, not a guarantee)."""
-    if value >= SAME_PERSON_THRESHOLD:
-        return "likely the same person"
-    if value >= DIFFERENT_PEOPLE_THRESHOLD:
-        return (
-            "hard to tell: possibly the same person in very different conditions (age, angle, light, make-up), "
-            "or two people who look alike"
-        )
-    return "likely different people"
 
 
 def register(subparsers: Any) -> None:
