@@ -270,3 +270,24 @@ def test_several_identity_files_give_one_identity_per_face(
         np.testing.assert_array_equal(identity.embeddings, load_identity(path).embeddings)
     out = capsys.readouterr().out
     assert "one per face" in out and "Swapped 6 face(s)" in out
+
+
+def test_offline_without_models_names_every_missing_model_at_once(
+    faces_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newcomer's first run without network learns every file to fetch, and where, in one message."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    empty = tmp_path / "models"
+    photo = str(faces_dir / "anni.jpg")
+    output = tmp_path / "out.png"
+    arguments = ["swap", "--source", photo, "--target", photo, "-o", str(output), "--models", str(empty)]
+    assert main([*arguments, "--device", "cpu"]) == 1
+    error = capsys.readouterr().err
+    assert "2 models are missing: buffalo_l, inswapper_128" in error
+    assert str(empty / "buffalo_l") in error and str(empty / "inswapper_128.onnx") in error
+    assert "facefusion/models-3.0.0" in error and "Gourieff/ReActor" in error
+    assert not output.exists()
+    # With YuNet and a recogniser file given, only the registry files still missing are named.
+    assert main([*arguments, "--detector", "yunet", "--recognizer", photo, "--device", "cpu"]) == 1
+    error = capsys.readouterr().err
+    assert "2 models are missing: yunet, inswapper_128" in error

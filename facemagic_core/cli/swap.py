@@ -304,6 +304,20 @@ def register(subparsers: Any) -> None:
 # Building the parts
 
 
+def registry_models_needed(args: argparse.Namespace) -> list[str]:
+    """The registry models a ``facemagic swap`` run with these options loads (files given by path excluded)."""
+    from ..hub import MODELS
+
+    if args.detector == "insightface":
+        names = ["buffalo_l"]  # its landmark model is used even when detector and recogniser files are given
+    else:
+        replaced = (("yunet", args.detector_model), ("arcface_w600k_r50", args.recognizer))
+        names = [name for name, given_file in replaced if given_file is None]
+    if str(args.generator) in MODELS:
+        names.append(str(args.generator))
+    return names
+
+
 def build_swap_analyzer(
     model_dir: Path,
     backend: str,
@@ -494,6 +508,8 @@ def run_swap(args: argparse.Namespace) -> int:
         print("note: --pose-debug turns on --pose-check")
 
     started = time.perf_counter()
+    # Fetch (or name, when they cannot be fetched) every registry model this run needs in one go.
+    identity_command.ensure_models(registry_models_needed(args), args.models)
     analyzer = build_swap_analyzer(
         args.models, args.detector, args.device, detector_model=args.detector_model, recognizer=args.recognizer
     )
