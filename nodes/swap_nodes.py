@@ -315,6 +315,7 @@ class FaceMagicSwap(io.ComfyNode):
         with comfy_errors():
             model = generator.ready()
             check_recognisers(analyzer, model)
+            dense = bool(analyzer.has_dense_landmarks)
             for start in range(0, total, DEFAULT_CHUNK_SIZE):
                 part = images_to_core(images[start : start + DEFAULT_CHUNK_SIZE], where="target images")
                 batch = prepare_swap(
@@ -322,6 +323,7 @@ class FaceMagicSwap(io.ComfyNode):
                     analyzer,
                     model,
                     **selection,
+                    dense_landmarks=dense,  # Blend's hull mask needs them; its mask is chosen after this node
                     tracker=tracker,
                     weave=int(weave),
                     no_face=no_face,  # type: ignore[arg-type]

@@ -269,3 +269,23 @@ def test_swap_refuses_an_analyzer_of_another_recogniser(
         nodes["FaceMagicSwap"].run(
             images=target, identity=identity_b, generator=generator, analyzer=other, no_face="error", **SWAP_SETTINGS
         )
+
+
+def test_blend_hull_mask_works_after_the_modular_swap_and_matches_the_all_in_one(
+    nodes: dict[str, Any],
+    generator: Any,
+    analyzer: FaceAnalyzer,
+    target: torch.Tensor,
+    identity_b: Identity,
+    swapped: Any,
+) -> None:
+    """The hull mask needs the dense landmarks: the Swap node computes them (Blend's mask is chosen later)."""
+    assert analyzer.has_dense_landmarks  # the buffalo_l pack, whose hull mask the error message recommends
+    settings = {**BLEND_SETTINGS, "mask": "hull"}
+    images, mask = nodes["FaceMagicBlend"].run(swap=swapped[0], **settings).args
+    assert images.shape == target.shape and mask.shape == target.shape[:3] and float(mask.max()) > 0.5
+    inputs = {"images": target, "identity": identity_b, "generator": generator, "analyzer": analyzer}
+    hull = {**ALL_IN_ONE_DEFAULTS, "mask": "hull"}
+    all_in_one, all_in_one_mask, _ = nodes["FaceMagicSwapFaces"].run(**inputs, **hull)
+    torch.testing.assert_close(images, all_in_one, atol=2e-5, rtol=0)
+    torch.testing.assert_close(mask, all_in_one_mask, atol=2e-5, rtol=0)
