@@ -335,13 +335,20 @@ class FaceMagicSaveIdentity(io.ComfyNode):
     @classmethod
     def execute(cls, identity: Identity, name: str, overwrite: bool) -> io.NodeOutput:
         path = identity_path_for_saving(name)
-        if path.exists() and not overwrite:
+        try:
+            if path.exists() and not overwrite:
+                raise BadInputError(
+                    f"an identity called {name!r} already exists",
+                    where=str(path),
+                    fix="choose another name, or switch overwrite on",
+                )
+            save_identity(identity, path)
+        except OSError as error:  # name too long, a file where a folder should be, no permission, disk full
             raise BadInputError(
-                f"an identity called {name!r} already exists",
+                f"cannot save the identity: {error.strerror or error}",
                 where=str(path),
-                fix="choose another name, or switch overwrite on",
-            )
-        save_identity(identity, path)
+                fix="choose a shorter name of plain letters and digits, and check that the folder is writable",
+            ) from error
         message = f"saved {describe_identity(identity)} to {path}"
         logger.info("FaceMagic: %s", message)
         return io.NodeOutput(identity, ui={"facemagic_text": [message]})

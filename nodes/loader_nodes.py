@@ -12,7 +12,7 @@ from facemagic_core.runtime import onnx_providers
 from ._comfy import io
 from .common import CATEGORY, DEVICE_TOOLTIP, ONNX_DEVICES, TORCH_DEVICES, resolve_device_choice
 from .memory import manage_generator
-from .model_folder import ensure_registry_model, folder_holding, generator_choices, resolve_name
+from .model_folder import ensure_registry_model, folder_holding, generator_choices, model_fingerprint, resolve_name
 from .progress import comfy_errors, comfy_progress
 from .sockets import Analyzer, Generator
 
@@ -86,6 +86,11 @@ class FaceMagicAnalyzerLoader(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, model: str, **_settings: object) -> str:
+        """Changes when the model files do, so a replaced pack is loaded again instead of coming from the cache."""
+        return model_fingerprint(["yunet", "arcface_w600k_r50"] if model == "yunet" else [model])
+
+    @classmethod
     def execute(cls, model: str, device: str, det_size: int, det_threshold: float) -> io.NodeOutput:
         with comfy_errors():
             analyzer = load_analyzer(model, device=device, det_size=det_size, det_threshold=det_threshold)
@@ -122,6 +127,11 @@ class FaceMagicGeneratorLoader(io.ComfyNode):
             ],
             outputs=[Generator.Output("generator", display_name="generator", tooltip="The loaded swap model.")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, model: str, **_settings: object) -> str:
+        """Changes when the model file does (a generator retrained into the same folder, a file copied over)."""
+        return model_fingerprint([model])
 
     @classmethod
     def execute(cls, model: str, device: str, dtype: str) -> io.NodeOutput:

@@ -71,14 +71,25 @@ def identities_dir() -> Path:
     return download_dir() / IDENTITY_FOLDER
 
 
+def _with_article(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def check_relative_name(name: str, *, what: str) -> PurePosixPath:
     """``name`` as a relative path that stays inside a model directory, else ``BadInputError``."""
     text = str(name).strip()
-    fix = f"choose a {what} from the list, or give a plain name (letters, digits, - _ .) without folders above it"
+    fix = (
+        f"choose {_with_article(what)} from the list, or give a plain name (letters, digits, - _ .) "
+        "without folders above it"
+    )
     if not text:
         raise BadInputError(f"the {what} name is empty", fix=fix)
     if "\x00" in text:
         raise BadInputError(f"the {what} name contains a NUL character", where=repr(text), fix=fix)
+    if any(ord(character) < 32 or ord(character) == 127 for character in text):
+        raise BadInputError(
+            f"the {what} name contains a control character (a line break or tab)", where=repr(text), fix=fix
+        )
     posix = PurePosixPath(text.replace("\\", "/"))
     if posix.is_absolute() or PureWindowsPath(text).drive or PureWindowsPath(text).is_absolute():
         raise BadInputError(
@@ -120,7 +131,15 @@ def resolve_name(name: str, *, what: str, folders: list[Path] | None = None, sub
     for folder in searched:
         base = folder / subfolder if subfolder else folder
         candidate = base / Path(*relative.parts)
-        if candidate.exists():
+        try:
+            exists = candidate.exists()
+        except OSError as error:  # a name too long for the file system, a file where a folder should be
+            raise BadInputError(
+                f"the {what} {name!r} cannot be looked up: {error.strerror or error}",
+                where=str(base),
+                fix=f"pick {_with_article(what)} from the list",
+            ) from error
+        if exists:
             return _staying_inside(
                 candidate, base, what=f"{what} {name!r}", fix="copy the file into the folder instead of linking it"
             )
@@ -225,3 +244,41 @@ def folder_holding(path: Path) -> Path:
         if _inside(path, folder):
             return folder
     return download_dir()
+
+
+def _registry_location(name: str) -> Path | None:
+    """Where registry model ``name`` already is in the model directories (None when it is not there yet)."""
+    spec = MODELS[name]
+    for folder in model_dirs():
+        candidate = folder / Path(*PurePosixPath(spec.local_path).parts)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def model_fingerprint(names: list[str]) -> str:
+    """Size and modification time of the files behind model ``names`` (registry names or folder names).
+
+    For a loader's ``fingerprint_inputs``: when a model file is replaced (a generator retrained into the
+    same folder, a pack copied over), ComfyUI loads it again instead of reusing its cached output.
+    A model that is not there yet reads as missing, so it is loaded once it appears. Cheap: no hashing.
+    """
+    parts: list[str] = []
+    for name in names:
+        try:
+            path = _registry_location(name) if name in MODELS else resolve_name(name, what="model")
+        except (BadInputError, ModelNotFoundError, OSError) as error:  # the loader reports it when it runs
+            parts.append(f"{name}: unreadable ({error})")
+            continue
+        if path is None:
+            parts.append(f"{name}: missing")
+            continue
+        files = sorted(item for item in path.rglob("*") if item.is_file()) if path.is_dir() else [path]
+        for item in files:
+            try:
+                stat = item.stat()
+            except OSError as error:
+                parts.append(f"{item}: {error}")
+                continue
+            parts.append(f"{item}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "\n".join(parts)

@@ -5,6 +5,7 @@ every node's ``execute`` on small inputs with tiny models, through the stand-in 
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from pathlib import Path
 from types import ModuleType
@@ -492,3 +493,53 @@ def test_generator_loader_downloads_into_the_model_folder_with_progress(
     assert handle.model.num_blocks == 6 and handle.managed  # converted to the native module, under ModelPatcher
     size = onnx_file.stat().st_size
     assert comfy.utils.PROGRESS_UPDATES and comfy.utils.PROGRESS_UPDATES[-1][1:] == (size, size)
+
+
+def test_save_identity_explains_a_name_the_file_system_refuses(nodes: dict[str, Any], models_dir: Path) -> None:
+    """A 300-letter name reached ComfyUI as a bare OSError traceback ('File name too long')."""
+    with pytest.raises(BadInputError, match="cannot save the identity") as error:
+        nodes["FaceMagicSaveIdentity"].run(identity=random_identity(1), name="a" * 300, overwrite=True)
+    assert error.value.fix and "shorter" in error.value.fix
+
+
+@pytest.mark.parametrize("name", ["new\nline", "tab\there", "bell\x07"])
+def test_names_with_control_characters_are_refused(nodes: dict[str, Any], pack: ModuleType, name: str) -> None:
+    """A name typed with a newline (pasted text) made a file whose name has a line break in it."""
+    with pytest.raises(BadInputError, match="control character"):
+        nodes["FaceMagicSaveIdentity"].run(identity=random_identity(1), name=name, overwrite=True)
+    assert "control character" in nodes["FaceMagicLoadIdentity"].validate_inputs(name=name)
+
+
+def test_name_errors_read_as_english(pack: ModuleType) -> None:
+    with pytest.raises(BadInputError) as error:
+        pack.nodes.model_folder.check_relative_name("../x", what="identity")
+    assert "an identity" in str(error.value) and "a identity" not in str(error.value)
+
+
+def test_load_identity_validation_explains_a_name_too_long(nodes: dict[str, Any]) -> None:
+    """An API prompt with a 300-letter name made validate_inputs raise OSError instead of returning a message."""
+    message = nodes["FaceMagicLoadIdentity"].validate_inputs(name="a" * 300)
+    assert isinstance(message, str) and "cannot be looked up" in message
+
+
+def test_loader_fingerprints_follow_the_model_files(nodes: dict[str, Any], models_dir: Path) -> None:
+    """A generator retrained into the same folder (or a model file replaced) must not come from ComfyUI's cache."""
+    loader = nodes["FaceMagicGeneratorLoader"]
+    weights = models_dir / "facemagic" / "tiny_native" / "model.safetensors"
+    first = loader.fingerprint_inputs(model="tiny_native", device="cpu", dtype="fp32")
+    assert loader.fingerprint_inputs(model="tiny_native", device="cpu", dtype="fp32") == first
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original + b" ")  # another file of another size
+        assert loader.fingerprint_inputs(model="tiny_native", device="cpu", dtype="fp32") != first
+    finally:
+        weights.write_bytes(original)
+    missing = loader.fingerprint_inputs(model="hyperswap_1a_256", device="cpu", dtype="fp32")
+    assert "missing" in missing  # the loader downloads it, or says where to put it
+    analyzer = nodes["FaceMagicAnalyzerLoader"]
+    settings = {"model": "buffalo_l", "device": "cpu", "det_size": 320, "det_threshold": 0.5}
+    pack = analyzer.fingerprint_inputs(**settings)
+    detector = models_dir / "facemagic" / "buffalo_l" / "det_10g.onnx"
+    stat = detector.stat()
+    os.utime(detector, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert analyzer.fingerprint_inputs(**settings) != pack
