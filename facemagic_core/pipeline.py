@@ -213,6 +213,13 @@ class SwapOptions:
                     where="swap options",
                     fix="use 0 for the first face, or None for all faces",
                 )
+        if len(set(indices)) != len(indices):
+            raise BadInputError(
+                f"a face index is given more than once ({', '.join(str(index) for index in indices)}), "
+                "which would swap the same face twice",
+                where="swap options",
+                fix="give each face index once",
+            )
         if isinstance(self.strength, list):
             object.__setattr__(self, "strength", tuple(self.strength))
         strengths: tuple[float, ...] = self.strength if isinstance(self.strength, tuple) else (self.strength,)
@@ -478,9 +485,32 @@ def _frame_label(frame: int, total: int | None) -> str:
     return f"frame {frame + 1}" + (f" of {total}" if total else "") + f" (index {frame})"
 
 
-def _no_face_error(frames: Sequence[int], frame_offset: int, total: int | None) -> NoFaceError:
+def _no_face_error(
+    frames: Sequence[int],
+    frame_offset: int,
+    total: int | None,
+    *,
+    found: int = 0,
+    options: SwapOptions | None = None,
+) -> NoFaceError:
+    """The error for frames without the face asked for; ``found`` faces were detected in the first of them."""
     first = frames[0] + frame_offset
     more = f" and {len(frames) - 1} more frame(s)" if len(frames) > 1 else ""
+    if found and options is not None:
+        if options.min_similarity is not None:
+            return NoFaceError(
+                f"{found} face(s) were found, but not the one asked for among those similar enough to the reference",
+                where=_frame_label(first, total) + more,
+                fix="lower the minimum similarity, or pass such frames through unchanged (no-face policy 'pass')",
+            )
+        asked = options.face_index if isinstance(options.face_index, tuple) else (options.face_index,)
+        shown = ", ".join(str(index) for index in asked)
+        return NoFaceError(
+            f"face index {shown} was asked for, but only {found} face(s) were found",
+            where=_frame_label(first, total) + more,
+            fix=f"use a face index from 0 to {found - 1} (counted in '{options.face_order}' order), swap every face, "
+            "or pass such frames through unchanged (no-face policy 'pass')",
+        )
     return NoFaceError(
         "no face was found (or not the face asked for)",
         where=_frame_label(first, total) + more,
@@ -1038,7 +1068,8 @@ def swap_faces(
         )
         missing = [frame for frame, faces in enumerate(chosen) if not faces]
         if missing and options.no_face == "error":
-            raise _no_face_error(missing, frame_offset + start, whole)
+            found = len(analyzer.analyze(frames[missing[0] : missing[0] + 1], landmarks=False, embeddings=False)[0])
+            raise _no_face_error(missing, frame_offset + start, whole, found=found, options=options)
         if tracker is not None:
             chosen = tracker.smooth(chosen)
         # Alignment to paste-back: on out-of-memory, halve the frames per call for this and later chunks.

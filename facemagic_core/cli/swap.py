@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -476,6 +477,44 @@ def _describe_frames(frames: Sequence[int]) -> str:
     return shown + (f" ... ({len(frames)} in all)" if len(frames) > MAX_FRAMES_LISTED else "")
 
 
+def check_identity_kinds(args: argparse.Namespace) -> None:
+    """A photo given to --identity or an identity file given to --source: say which option takes it."""
+    for path in args.identity or []:
+        if path.suffix.lower() != IDENTITY_SUFFIX:
+            raise BadInputError(
+                f"--identity takes identity files ({IDENTITY_SUFFIX}), not {path.suffix or 'a file without suffix'}",
+                where=str(path),
+                fix=f"give photos with --source {path.name}, or make an identity file with 'facemagic identity'",
+            )
+    for path in args.source or []:
+        if path.suffix.lower() == IDENTITY_SUFFIX:
+            raise BadInputError(
+                "--source takes photos; this is an identity file",
+                where=str(path),
+                fix=f"give identity files with --identity {path.name}",
+            )
+
+
+def check_output_not_an_input(output: Path, args: argparse.Namespace) -> None:
+    """Refuse an output path that is the target or a source file: the swap would replace the user's original."""
+    if not output.exists():
+        return
+    inputs: list[Path] = [
+        args.target,
+        *(args.source or []),
+        *(args.identity or []),
+        *(path for _, path in args.mix or []),
+    ]
+    for path in inputs:
+        if path.exists() and os.path.samefile(path, output):
+            other = output.with_name(f"{output.stem}_swapped{output.suffix}")
+            raise BadInputError(
+                "the output would replace an input file of this swap, and the original would be lost",
+                where=str(output),
+                fix=f"write the result to another file, e.g. -o {other}",
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # The command
 
@@ -499,9 +538,17 @@ def run_swap(args: argparse.Namespace) -> int:
             where=str(output),
             fix=f"name the output {output.stem}.png or {output.stem}.jpg",
         )
+    if target.is_dir():
+        raise BadInputError(
+            "the target is a folder, not a photo or video file",
+            where=str(target),
+            fix="name one photo or video in it (run the command once per file to swap several)",
+        )
     if not target.is_file():
         raise BadInputError("the target file does not exist", where=str(target), fix="check the path")
     check_output_path(output)  # before any model is loaded or frame swapped
+    check_output_not_an_input(output, args)
+    check_identity_kinds(args)
     if args.pose_debug is not None:
         check_output_path(args.pose_debug / "frame_00000.png")
     if args.pose_debug is not None and not args.pose_check:

@@ -1,0 +1,127 @@
+"""Inputs a newcomer or a hostile user gives ``facemagic swap`` and the pipeline: each must end in a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import write_arcface
+
+from facemagic_core.analysis import FaceAnalyzer
+from facemagic_core.cli import main
+from facemagic_core.errors import BadInputError, NoFaceError
+from facemagic_core.generators import GeneratorConfig, SwapGenerator, TorchSwapper
+from facemagic_core.images import load_image
+from facemagic_core.pipeline import SwapOptions, swap_faces
+from facemagic_core.types import Identity
+
+CPU = ["CPUExecutionProvider"]
+#: Options that never reach a model (every case below is refused before anything is loaded), with the model folder.
+OFFLINE = ["--detector", "yunet", "--device", "cpu", "--generator", "nothing", "--models"]
+
+
+@pytest.fixture(scope="module")
+def analyzer(yunet_path: Path, tmp_path_factory: pytest.TempPathFactory) -> FaceAnalyzer:
+    recognizer = write_arcface(tmp_path_factory.mktemp("arcface") / "w600k_r50.onnx")
+    return FaceAnalyzer(backend="yunet", detector=yunet_path, recognizer=recognizer, providers=CPU)
+
+
+@pytest.fixture(scope="module")
+def generator() -> TorchSwapper:
+    torch.manual_seed(0)
+    config = GeneratorConfig(
+        image_size=32, channels=8, max_channels=16, style_hidden=16, num_downsamples=2, blocks_per_scale=(1, 1, 1)
+    )
+    return TorchSwapper(SwapGenerator.from_config(config).eval(), name="tiny", device="cpu")
+
+
+def identity() -> Identity:
+    vector = np.random.default_rng(0).standard_normal(512).astype(np.float32)
+    return Identity(vector, embedding_model="arcface_w600k_r50")
+
+
+def test_a_face_index_past_the_faces_found_says_how_many_faces_there_are(
+    t1_path: Path, analyzer: FaceAnalyzer, generator: TorchSwapper
+) -> None:
+    image = load_image(t1_path)
+    with pytest.raises(NoFaceError) as caught:
+        swap_faces(image, identity(), analyzer, generator, SwapOptions(face_index=7))
+    message = str(caught.value)
+    assert "face index 7" in message and "only 6 face(s)" in message, message
+    assert "from 0 to 5" in message and "'largest' order" in message, message
+    with pytest.raises(NoFaceError, match=r"face index 7, 8 was asked for, but only 6"):
+        swap_faces(image, identity(), analyzer, generator, SwapOptions(face_index=(7, 8)))
+
+
+def test_a_face_index_given_twice_is_refused() -> None:
+    with pytest.raises(BadInputError, match="more than once"):
+        SwapOptions(face_index=(1, 1))
+    with pytest.raises(BadInputError, match="more than once"):
+        SwapOptions(face_index=[0, 2, 0])
+    assert SwapOptions(face_index=(2, 0)).face_index == (2, 0)
+
+
+def test_a_folder_as_target_is_named_a_folder(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = str(faces_dir / "anni.jpg")
+    code = main(
+        [
+            "swap",
+            "--source",
+            source,
+            "--target",
+            str(faces_dir),
+            "-o",
+            str(tmp_path / "o.png"),
+            *OFFLINE,
+            str(tmp_path / "models"),
+        ]
+    )
+    error = capsys.readouterr().err
+    assert code == 1 and "is a folder" in error and "does not exist" not in error, error
+
+
+def test_the_output_may_not_replace_the_target_or_a_source(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes((faces_dir / "iron_man.jpg").read_bytes())
+    source = tmp_path / "me.png"
+    source.write_bytes((faces_dir / "portrait_1.png").read_bytes())
+    before = photo.read_bytes(), source.read_bytes()
+    for output in (photo, tmp_path / "." / "photo.jpg", source):
+        code = main(
+            [
+                "swap",
+                "--source",
+                str(source),
+                "--target",
+                str(photo),
+                "-o",
+                str(output),
+                *OFFLINE,
+                str(tmp_path / "models"),
+            ]
+        )
+        error = capsys.readouterr().err
+        assert code == 1 and "would replace an input file" in error, error
+        assert "_swapped" in error, error
+    assert (photo.read_bytes(), source.read_bytes()) == before
+
+
+def test_a_photo_given_as_identity_or_an_identity_given_as_source_names_the_right_option(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = str(faces_dir / "anni.jpg")
+    output = str(tmp_path / "o.png")
+    assert main(["swap", "--identity", photo, "--target", photo, "-o", output, *OFFLINE, str(tmp_path / "models")]) == 1
+    error = capsys.readouterr().err
+    assert "--identity takes identity files" in error and "--source anni.jpg" in error, error
+    me = tmp_path / "me.safetensors"
+    me.write_bytes(b"not used")
+    assert main(["swap", "--source", str(me), "--target", photo, "-o", output, *OFFLINE, str(tmp_path / "models")]) == 1
+    error = capsys.readouterr().err
+    assert "this is an identity file" in error and "--identity me.safetensors" in error, error
