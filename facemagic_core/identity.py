@@ -633,6 +633,13 @@ def save_identity(identity: Identity, path: str | os.PathLike[str]) -> None:
     from . import __version__
 
     file = Path(path)
+    if not isinstance(identity, Identity):
+        raise BadInputError(
+            f"save_identity writes an Identity, got {type(identity).__name__}",
+            where=str(file),
+            fix="wrap an embedding first: Identity(embedding, embedding_model='arcface_w600k_r50'), "
+            "or make one with extract_identity",
+        )
     if file.suffix.lower() != IDENTITY_SUFFIX:
         raise BadInputError(
             "identity files must end in .safetensors",
@@ -685,6 +692,12 @@ def load_identity(path: str | os.PathLike[str], *, embedding_model: str | None =
     raise :class:`BadInputError`; files from a newer FaceMagic raise :class:`IncompatibleIdentityError`.
     """
     file = Path(path)
+    if file.is_dir():
+        raise BadInputError(
+            "expected an identity file, got a folder",
+            where=str(file),
+            fix="name a .safetensors file made by 'facemagic identity' or the Save Identity node",
+        )
     if not file.is_file():
         raise BadInputError(
             "identity file not found",

@@ -164,12 +164,58 @@ def tensor_to_bgr_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:
     return _to_uint8(image).flip(0).permute(1, 2, 0).contiguous().numpy()
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
-    """Write one ``(3, H, W)`` or ``(1, 3, H, W)`` image atomically; the format follows the suffix."""
+def _check_image_to_save(image: object, path: str | os.PathLike[str]) -> torch.Tensor:
+    """``image`` as one ``(3, H, W)`` float tensor with finite values in about [0, 1], else ``BadInputError``."""
+    where = str(path)
+    if not isinstance(image, torch.Tensor):
+        raise BadInputError(
+            f"save_image writes a torch tensor, got {type(image).__name__}",
+            where=where,
+            fix="pass a (3, H, W) float tensor in [0, 1], e.g. torch.from_numpy(array).permute(2, 0, 1) / 255",
+        )
     if image.ndim == 4:
         if image.shape[0] != 1:
-            raise BadInputError(f"save_image writes one image, got a batch of {image.shape[0]}", where=str(path))
+            raise BadInputError(f"save_image writes one image, got a batch of {image.shape[0]}", where=where)
         image = image[0]
+    if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] == 0 or image.shape[2] == 0:
+        raise BadInputError(
+            f"save_image writes an RGB image of shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}",
+            where=where,
+            fix="move the channels first (image.permute(2, 0, 1)) and convert grey or RGBA pictures to RGB",
+        )
+    if not image.is_floating_point():
+        raise BadInputError(
+            f"save_image expects float pixels in [0, 1], got dtype {image.dtype}",
+            where=where,
+            fix="convert with image.float() / 255",
+        )
+    low, high = (float(value) for value in torch.aminmax(image.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise BadInputError(
+            "the image contains NaN or infinite values", where=where, fix="check the code that produced it"
+        )
+    if high > MAX_PIXEL_VALUE:
+        raise BadInputError(
+            f"the image values reach {high:g}: they look like 0..255 pixels, not the 0..1 save_image expects",
+            where=where,
+            fix="divide the image by 255",
+        )
+    if not cv2.haveImageWriter(where):
+        raise BadInputError(
+            f"cannot write a picture with the suffix {Path(path).suffix or '(none)'}",
+            where=where,
+            fix="use a .png, .jpg or .webp file name",
+        )
+    return image
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
+    """Write one ``(3, H, W)`` or ``(1, 3, H, W)`` float image in [0, 1] atomically; the format follows the suffix.
+
+    Anything else (another shape, integer pixels, NaN, 0..255 values, a suffix no image writer
+    knows) is refused with :class:`BadInputError` before any file is touched.
+    """
+    image = _check_image_to_save(image, path)
     bgr = tensor_to_bgr_uint8(image)
     try:
         with atomic_path(path) as temporary:

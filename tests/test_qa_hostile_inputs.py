@@ -13,7 +13,8 @@ from facemagic_core.analysis import FaceAnalyzer
 from facemagic_core.cli import main
 from facemagic_core.errors import BadInputError, NoFaceError
 from facemagic_core.generators import GeneratorConfig, SwapGenerator, TorchSwapper
-from facemagic_core.images import load_image
+from facemagic_core.identity import load_identity, save_identity
+from facemagic_core.images import load_image, save_image
 from facemagic_core.pipeline import SwapOptions, swap_faces
 from facemagic_core.types import Identity
 
@@ -125,3 +126,40 @@ def test_a_photo_given_as_identity_or_an_identity_given_as_source_names_the_righ
     assert main(["swap", "--source", str(me), "--target", photo, "-o", output, *OFFLINE, str(tmp_path / "models")]) == 1
     error = capsys.readouterr().err
     assert "this is an identity file" in error and "--identity me.safetensors" in error, error
+
+
+@pytest.mark.parametrize(
+    ("image", "name", "message"),
+    [
+        (torch.rand(64, 64, 3), "hwc.png", r"shape \(3, H, W\)"),  # channels last: OpenCV's assertion leaked out
+        (torch.rand(4, 64, 64), "rgba.png", r"got \(4, 64, 64\)"),  # was written as a 4-channel PNG, channels mixed up
+        (torch.rand(1, 1, 3, 64, 64), "five.png", r"got \(1, 1, 3, 64, 64\)"),  # was a RuntimeError from permute
+        (torch.full((3, 64, 64), float("nan")), "nan.png", "NaN"),  # was written as a black picture
+        (torch.full((3, 64, 64), 200.0), "bytes.png", "0..255"),  # was written as a white picture
+        ((torch.rand(3, 64, 64) * 255).to(torch.uint8), "uint8.png", "float pixels"),  # was written wrapped around
+        (np.zeros((3, 64, 64), np.float32), "array.png", "torch tensor"),  # was an AttributeError
+        (torch.rand(3, 64, 64), "picture.txt", "suffix .txt"),  # OpenCV's error text leaked out
+    ],
+)
+def test_save_image_refuses_what_it_cannot_write_faithfully(
+    image: object, name: str, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(BadInputError, match=message):
+        save_image(image, tmp_path / name)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_image_still_writes_an_rgb_picture_exactly(tmp_path: Path) -> None:
+    image = torch.rand(1, 3, 40, 48)
+    save_image(image, tmp_path / "ok.png")
+    assert torch.equal(load_image(tmp_path / "ok.png"), (image * 255 + 0.5).floor().clamp(0, 255) / 255)
+
+
+def test_identity_files_refuse_a_bare_array_and_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="writes an Identity, got ndarray"):
+        save_identity(np.ones(512, np.float32), tmp_path / "me.safetensors")  # type: ignore[arg-type]
+    assert not (tmp_path / "me.safetensors").exists()
+    folder = tmp_path / "people.safetensors"
+    folder.mkdir()
+    with pytest.raises(BadInputError, match="got a folder"):
+        load_identity(folder)
