@@ -150,6 +150,13 @@ def mix_connected(identities: list[Identity], *, method: str, weights: str, bloc
     if numbers is not None and method not in ("weighted", "slerp"):
         logger.info("FaceMagic mix: weights are only used by the weighted and slerp methods; ignored for %s", method)
         numbers = None
+    if numbers is not None and len(numbers) != len(identities):
+        count = len(identities)
+        raise BadInputError(
+            f"{len(numbers)} weight{'s' if len(numbers) != 1 else ''} for {count} connected identities",
+            where=f"{method} mix",
+            fix=f"give {count} numbers, one per connected identity in input order, or leave the weights empty",
+        )
     if method == "weighted" and numbers is None:
         numbers = [1.0] * len(identities)
     chosen: MixMethod = method  # type: ignore[assignment]
@@ -448,7 +455,8 @@ def measure_similarity(
         )
         if not chosen:
             values.append(None)
-            lines.append(f"image {number + 1}: no face" + (f" {face_index}" if faces else ""))
+            found_text = f" with index {face_index} ({len(faces)} face{'s' if len(faces) != 1 else ''} found)"
+            lines.append(f"image {number + 1}: no face" + (found_text if faces else ""))
             continue
         value = float(face_similarities(chosen[:1], reference)[0])
         values.append(value)
@@ -457,7 +465,7 @@ def measure_similarity(
     summary = (
         f"mean similarity {sum(found) / len(found):.3f} over {len(found)} of {len(values)} image(s)"
         if found
-        else "no face found in any image"
+        else "no face measured in any image"
     )
     return values, "\n".join([summary, *lines])
 

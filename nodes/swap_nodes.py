@@ -558,6 +558,17 @@ class FaceMagicBlend(io.ComfyNode):
 # All in one
 
 
+def describe_frames_without_face(frames: tuple[int, ...] | list[int], shown: int = 20) -> str:
+    """``(1, 4)`` -> "2 frames without the face asked for, left unchanged: frame 2 (index 1), frame 5 (index 4)".
+
+    Frames are counted from 1 with their batch index beside, as the no-face error names them.
+    """
+    count = len(frames)
+    listed = ", ".join(f"frame {frame + 1} (index {frame})" for frame in frames[:shown])
+    more = f" and {count - shown} more" if count > shown else ""
+    return f"{count} frame{'s' if count != 1 else ''} without the face asked for, left unchanged: {listed}{more}"
+
+
 class FaceMagicSwapFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -649,8 +660,7 @@ class FaceMagicSwapFaces(io.ComfyNode):
         without = result.frames_without_face
         lines = [f"{sum(result.face_counts)} face(s) swapped in {total} frame(s) with {generator.name}"]
         if without:
-            shown = ", ".join(str(frame) for frame in without[:20])
-            lines.append(f"frames without the face asked for (unchanged): {shown}{' ...' if len(without) > 20 else ''}")
+            lines.append(describe_frames_without_face(without))
         if pose_check:
             lines.append(format_pose_report(result.pose_reports) if result.pose_reports else "pose check: no faces")
         report = "\n".join(lines)

@@ -543,3 +543,25 @@ def test_loader_fingerprints_follow_the_model_files(nodes: dict[str, Any], model
     stat = detector.stat()
     os.utime(detector, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert analyzer.fingerprint_inputs(**settings) != pack
+
+
+def test_mix_identities_names_a_wrong_number_of_weights(nodes: dict[str, Any]) -> None:
+    """'0' for two identities came back from core as 'got shape (1,)' without a fix."""
+    mix = nodes["FaceMagicMixIdentities"]
+    a, b = random_identity(1), random_identity(2)
+    for method in ("weighted", "slerp"):
+        with pytest.raises(BadInputError, match="1 weight for 2 connected identities") as error:
+            mix.run(identity_1=a, identity_2=b, method=method, weights="0", block_weights="")
+        assert error.value.fix and "2 numbers" in error.value.fix
+
+
+def test_face_similarity_says_when_the_face_index_is_beyond_the_faces_found(
+    nodes: dict[str, Any], analyzer: FaceAnalyzer, person_a: torch.Tensor, identity_a: Identity
+) -> None:
+    """face index 5 in a picture with one face read 'no face 5' / 'no face found in any image'."""
+    output = nodes["FaceMagicFaceSimilarity"].run(
+        analyzer=analyzer, images=person_a, identity=identity_a, face_order="largest", face_index=5
+    )
+    similarity, report = output.args
+    assert similarity == 0.0
+    assert report.splitlines() == ["no face measured in any image", "image 1: no face with index 5 (1 face found)"]

@@ -289,3 +289,18 @@ def test_blend_hull_mask_works_after_the_modular_swap_and_matches_the_all_in_one
     all_in_one, all_in_one_mask, _ = nodes["FaceMagicSwapFaces"].run(**inputs, **hull)
     torch.testing.assert_close(images, all_in_one, atol=2e-5, rtol=0)
     torch.testing.assert_close(mask, all_in_one_mask, atol=2e-5, rtol=0)
+
+
+def test_all_in_one_report_counts_frames_the_way_its_error_does(
+    nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, target: torch.Tensor, identity_b: Identity
+) -> None:
+    """The report listed '1' for the second frame, which the no-face error calls 'frame 2 of 3 (index 1)'."""
+    frames = torch.cat([target[:1], comfy_image([]), target[1:]])
+    inputs = {"images": frames, "identity": identity_b, "generator": generator, "analyzer": analyzer}
+    images, mask, report = nodes["FaceMagicSwapFaces"].run(**inputs, **{**ALL_IN_ONE_DEFAULTS, "no_face": "pass"}).args
+    assert images.shape == frames.shape and mask.shape == frames.shape[:3]
+    assert torch.equal(images[1], frames[1]) and float(mask[1].max()) == 0.0
+    assert report.splitlines() == [
+        "2 face(s) swapped in 3 frame(s) with tiny_native",
+        "1 frame without the face asked for, left unchanged: frame 2 (index 1)",
+    ]
