@@ -143,6 +143,31 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     return rgb_uint8_to_tensor(rgb)
 
 
+#: Picture formats whose files keep an alpha channel when :func:`save_image` is given one.
+ALPHA_SUFFIXES = frozenset({".png", ".webp", ".tif", ".tiff"})
+
+
+def load_alpha(path: str | os.PathLike[str]) -> torch.Tensor | None:
+    """The transparency of an image file as a ``(1, 1, H, W)`` float32 tensor in [0, 1], or None when it has none.
+
+    Upright like :func:`load_image` (EXIF orientation applied), so it lines up with its pixels.
+    Palette pictures with a transparent colour count as transparent; a fully opaque alpha
+    channel gives None. Read errors are left to :func:`load_image`: this returns None then.
+    """
+    try:
+        with Image.open(path) as picture:
+            picture.seek(0)
+            upright = ImageOps.exif_transpose(picture)
+            if upright.mode not in ("RGBA", "LA", "PA", "La", "RGBa") and "transparency" not in upright.info:
+                return None
+            alpha = np.array(upright.convert("RGBA").getchannel("A"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    if alpha.min() == 255:
+        return None
+    return torch.from_numpy(alpha).float().div_(255.0).reshape(1, 1, *alpha.shape)
+
+
 def rgb_uint8_to_tensor(rgb: npt.NDArray[np.uint8]) -> torch.Tensor:
     """``(H, W, 3)`` uint8 RGB array → ``(1, 3, H, W)`` float32 tensor in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
@@ -209,14 +234,31 @@ def _check_image_to_save(image: object, path: str | os.PathLike[str]) -> torch.T
     return image
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
+def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, alpha: torch.Tensor | None = None) -> None:
     """Write one ``(3, H, W)`` or ``(1, 3, H, W)`` float image in [0, 1] atomically; the format follows the suffix.
 
-    Anything else (another shape, integer pixels, NaN, 0..255 values, a suffix no image writer
-    knows) is refused with :class:`BadInputError` before any file is touched.
+    ``alpha``: an optional ``(H, W)``, ``(1, H, W)`` or ``(1, 1, H, W)`` transparency in [0, 1]
+    (e.g. :func:`load_alpha` of the picture the image came from), written as the file's alpha
+    channel in the formats of :data:`ALPHA_SUFFIXES`; other formats (JPEG) cannot hold it and
+    drop it with a log message. Anything else (another shape, integer pixels, NaN, 0..255
+    values, a suffix no image writer knows) is refused with :class:`BadInputError` before any
+    file is touched.
     """
     image = _check_image_to_save(image, path)
     bgr = tensor_to_bgr_uint8(image)
+    if alpha is not None:
+        if not isinstance(alpha, torch.Tensor) or alpha.numel() != image.shape[1] * image.shape[2]:
+            got = tuple(alpha.shape) if isinstance(alpha, torch.Tensor) else type(alpha).__name__
+            raise BadInputError(
+                f"the alpha channel must have the image's {image.shape[2]}x{image.shape[1]} pixels, got {got}",
+                where=str(path),
+                fix="pass the (1, 1, H, W) alpha of the picture the image was made from (load_alpha)",
+            )
+        if Path(path).suffix.lower() in ALPHA_SUFFIXES:
+            opacity = _to_uint8(alpha.reshape(1, *image.shape[1:])).squeeze(0).numpy()
+            bgr = np.ascontiguousarray(np.dstack([bgr, opacity]))
+        else:
+            logger.info("%s cannot hold transparency; the alpha channel is dropped", Path(path).name)
     try:
         with atomic_path(path) as temporary:
             written = cv2.imwrite(str(temporary), bgr)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tiny_models import write_arcface
 
 from facemagic_core.analysis import FaceAnalyzer
@@ -14,7 +15,7 @@ from facemagic_core.cli import main
 from facemagic_core.errors import BadInputError, NoFaceError
 from facemagic_core.generators import GeneratorConfig, SwapGenerator, TorchSwapper
 from facemagic_core.identity import load_identity, save_identity
-from facemagic_core.images import load_image, save_image
+from facemagic_core.images import load_alpha, load_image, save_image
 from facemagic_core.pipeline import SwapOptions, swap_faces
 from facemagic_core.types import Identity
 
@@ -163,3 +164,63 @@ def test_identity_files_refuse_a_bare_array_and_a_folder(tmp_path: Path) -> None
     folder.mkdir()
     with pytest.raises(BadInputError, match="got a folder"):
         load_identity(folder)
+
+
+def test_load_alpha_reads_the_transparency_of_rgba_and_palette_pictures_only(tmp_path: Path) -> None:
+    rgba = np.zeros((40, 50, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[:, :10, 3] = 0
+    rgba[:, 10:20, 3] = 128
+    Image.fromarray(rgba).save(tmp_path / "cut.png")
+    alpha = load_alpha(tmp_path / "cut.png")
+    assert alpha is not None and alpha.shape == (1, 1, 40, 50)
+    assert float(alpha[..., :10].max()) == 0.0 and float(alpha[..., 15].mean()) == pytest.approx(128 / 255)
+    assert float(alpha[..., 20:].min()) == 1.0
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "opaque.png")
+    Image.fromarray(np.full((40, 50, 4), 255, np.uint8)).save(tmp_path / "full.png")
+    palette = Image.new("P", (50, 40), 1)
+    palette.paste(0, (0, 0, 10, 40))
+    palette.save(tmp_path / "palette.png", transparency=0)
+    assert load_alpha(tmp_path / "opaque.png") is None and load_alpha(tmp_path / "full.png") is None
+    from_palette = load_alpha(tmp_path / "palette.png")
+    assert from_palette is not None and float(from_palette[..., :10].max()) == 0.0
+    assert float(from_palette[..., 10:].min()) == 1.0
+
+
+def test_save_image_writes_an_alpha_channel_into_png_and_drops_it_from_jpeg(tmp_path: Path) -> None:
+    image = torch.rand(1, 3, 40, 50)
+    alpha = torch.ones(1, 1, 40, 50)
+    alpha[..., :10] = 0.0
+    save_image(image, tmp_path / "cut.png", alpha=alpha)
+    written = np.array(Image.open(tmp_path / "cut.png"))
+    assert written.shape == (40, 50, 4) and written[:, :10, 3].max() == 0 and written[:, 10:, 3].min() == 255
+    assert torch.equal(load_image(tmp_path / "cut.png"), (image * 255 + 0.5).floor() / 255)
+    save_image(image, tmp_path / "cut.jpg", alpha=alpha)
+    assert Image.open(tmp_path / "cut.jpg").mode == "RGB"
+    with pytest.raises(BadInputError, match="alpha channel must have"):
+        save_image(image, tmp_path / "bad.png", alpha=torch.ones(1, 1, 4, 4))
+
+
+def test_swapping_a_transparent_cut_out_keeps_its_transparency(
+    faces_dir: Path, yunet_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    config = GeneratorConfig(
+        image_size=32, channels=8, max_channels=16, style_hidden=16, num_downsamples=2, blocks_per_scale=(1, 1, 1)
+    )
+    SwapGenerator.from_config(config).save_pretrained(tmp_path / "tiny")
+    recognizer = write_arcface(tmp_path / "w600k_r50.onnx")
+    portrait = np.array(Image.open(faces_dir / "anni.jpg").convert("RGBA"))
+    portrait[:, : portrait.shape[1] // 4, 3] = 0  # a cut-out: the left quarter is transparent
+    Image.fromarray(portrait).save(tmp_path / "cut.png")
+    models = ["--detector", "yunet", "--detector-model", str(yunet_path), "--recognizer", str(recognizer)]
+    models += ["--models", str(tmp_path), "--device", "cpu", "--generator", str(tmp_path / "tiny")]
+    for name in ("out.png", "out.jpg"):
+        files = ["--source", str(faces_dir / "arnold.jpg"), "--target", str(tmp_path / "cut.png")]
+        assert main(["swap", *files, "-o", str(tmp_path / name), *models]) == 0
+    printed = capsys.readouterr().out
+    written = np.array(Image.open(tmp_path / "out.png"))
+    assert written.shape[2] == 4 and np.array_equal(written[..., 3], portrait[..., 3])
+    changed = np.abs(written[..., :3].astype(int) - portrait[..., :3].astype(int)).max(axis=2) > 2
+    assert changed.any() and not changed[:, : portrait.shape[1] // 4].any()  # the face changed, the cut-out not
+    assert "which .jpg cannot hold; use .png" in printed

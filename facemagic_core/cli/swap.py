@@ -15,7 +15,7 @@ from ..blend import COLOUR_METHODS, MASK_KINDS
 from ..errors import BadInputError
 from ..files import check_output_path
 from ..identity import IDENTITY_SUFFIX, extract_identity, load_identity, mix_coarse_fine
-from ..images import load_image, save_image
+from ..images import ALPHA_SUFFIXES, load_alpha, load_image, save_image
 from ..pipeline import (
     DEFAULT_CHUNK_SIZE,
     MAX_WEAVE,
@@ -575,8 +575,11 @@ def run_swap(args: argparse.Namespace) -> int:
     if not video:
         image = load_image(target)
         result = swap_faces(image, identity, analyzer, generator, options)
-        save_image(result.images[0], output)
+        alpha = load_alpha(target)  # a cut-out keeps its transparent background
+        save_image(result.images[0], output, alpha=alpha)
         print(f"Swapped {result.face_counts[0]} face(s); saved {output}")
+        if alpha is not None and output.suffix.lower() not in ALPHA_SUFFIXES:
+            print(f"note: the target is transparent in places, which {output.suffix} cannot hold; use .png to keep it")
         if result.frames_without_face:
             print("No face was found; the picture was saved unchanged.")
         print_pose_summary(result.pose_reports, full=True)
