@@ -388,3 +388,60 @@ def test_an_identity_file_changed_on_disk_is_read_again(server: Server) -> None:
     second = server.run(measure)
     assert second["status"]["status_str"] == "success", _error_text(second)
     assert abs(second["outputs"]["6"]["facemagic_similarity"][0]) < 0.5  # another person now
+
+
+def test_a_generator_replaced_on_disk_is_loaded_again(server: Server) -> None:
+    """The loaders fingerprint their model files: a generator retrained into its folder is not served from the cache."""
+    from facemagic_core.generators import FaceMagicGenerator
+
+    prompt = {
+        "1": {
+            "class_type": "FaceMagicAnalyzerLoader",
+            "inputs": {"model": "buffalo_l", "device": "auto", "det_size": 320, "det_threshold": 0.5},
+        },
+        "2": {"class_type": "LoadImage", "inputs": {"image": "facemagic_person_a.png"}},
+        "3": {
+            "class_type": "FaceMagicExtractIdentity",
+            "inputs": {"analyzer": ["1", 0], "images": ["2", 0], "face_order": "largest", "face_index": 0},
+        },
+        "4": {
+            "class_type": "FaceMagicGeneratorLoader",
+            "inputs": {"model": "tiny_native", "device": "auto", "dtype": "auto"},
+        },
+        "5": {
+            "class_type": "FaceMagicSwap",
+            "inputs": {
+                "images": ["2", 0],
+                "identity": ["3", 0],
+                "generator": ["4", 0],
+                "analyzer": ["1", 0],
+                "strength": 1.0,
+                "face_order": "largest",
+                "face_index": 0,
+                "weave": 1,
+                "smoothing": 0.0,
+                "no_face": "error",
+            },
+        },
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 1], "filename_prefix": "facemagic_retrained"}},
+    }
+
+    def crops() -> np.ndarray:
+        entry = server.run(prompt)
+        assert entry["status"]["status_str"] == "success", _error_text(entry)
+        [item] = entry["outputs"]["6"]["images"]
+        picture = cv2.imread(str(server.base / "output" / item.get("subfolder", "") / item["filename"]))
+        assert picture is not None and picture.shape == (64, 64, 3)  # the tiny generator's crops
+        return np.asarray(picture)
+
+    folder = server.base / "shared" / "facemagic" / "tiny_native"
+    saved = {path: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    first = crops()
+    try:
+        torch.manual_seed(123)
+        FaceMagicGenerator(TINY_GENERATOR).save_pretrained(folder)  # retrained into the same folder
+        assert not np.array_equal(crops(), first)
+    finally:
+        for path, content in saved.items():  # as the other tests expect it
+            path.write_bytes(content)
+    np.testing.assert_array_equal(crops(), first)
