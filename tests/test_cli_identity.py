@@ -304,7 +304,8 @@ def test_unwritable_preview_is_a_clear_error(
     preview = tmp_path / "file" / "crops.png"
     assert main(["identity", str(photo), "-o", str(tmp_path / "p.safetensors"), "--preview", str(preview)]) == 1
     error = capsys.readouterr().err
-    assert "cannot write the image" in error and str(preview) in error
+    assert "is a file, so the output folder cannot be made" in error and str(preview) in error
+    assert not (tmp_path / "p.safetensors").exists()  # refused before the identity file is written
 
 
 def test_commands_end_to_end_with_a_tiny_model_pack(

@@ -224,3 +224,37 @@ def test_swapping_a_transparent_cut_out_keeps_its_transparency(
     changed = np.abs(written[..., :3].astype(int) - portrait[..., :3].astype(int)).max(axis=2) > 2
     assert changed.any() and not changed[:, : portrait.shape[1] // 4].any()  # the face changed, the cut-out not
     assert "which .jpg cannot hold; use .png" in printed
+
+
+def test_identity_checks_its_output_and_preview_names_before_any_work(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The identity file used to be written first and a bad --preview name refused after it (exit 1, half done)."""
+    photo = str(faces_dir / "anni.jpg")
+    output = tmp_path / "me.safetensors"
+    offline = ["--detector", "yunet", "--models", str(tmp_path / "models"), "--device", "cpu"]
+    assert main(["identity", photo, "-o", str(output), "--preview", str(tmp_path / "faces.txt"), *offline]) == 1
+    error = capsys.readouterr().err
+    assert "the preview is a picture" in error and "faces.png" in error, error
+    (tmp_path / "taken").write_text("a file")
+    assert main(["identity", photo, "-o", str(output), "--preview", str(tmp_path / "taken" / "p.png"), *offline]) == 1
+    assert "is a file, so the output folder cannot be made" in capsys.readouterr().err
+    assert not output.exists() and not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"width": 0}, "--width must be at least 1, got 0"),  # 0 silently meant the default width
+        ({"width": -3}, "--width must be at least 1, got -3"),  # failed after reading and detecting every frame
+        ({"height": 20000}, "--height must be from 64 to 4320"),  # scaled every frame to 22k x 20k pixels
+        ({"repeats": 0}, "--repeats must be at least 1"),
+    ],
+)
+def test_bench_names_the_option_out_of_range_before_reading_the_clip(
+    options: dict[str, int], message: str, tmp_path: Path
+) -> None:
+    from facemagic_core.cli.bench import BenchConfig, run_benchmark
+
+    with pytest.raises(BadInputError, match=message):
+        run_benchmark(BenchConfig(clip=tmp_path / "never_read.gif", **options))  # type: ignore[arg-type]

@@ -56,6 +56,8 @@ FULL_IMAGE_SIZE = 128
 STAGES = ("detect", "align", "generator", "paste-back")
 #: Smallest frame side the benchmark scales to (a face must stay detectable).
 MIN_FRAME_SIDE = 64
+#: Tallest frames bench scales to (8K video); taller ones only exhaust memory.
+MAX_FRAME_HEIGHT = 4320
 #: A RANSAC threshold (pixels) beyond any landmark error: every point is an inlier, so the fit is facefusion's
 #: plain least-squares similarity from the five landmarks.
 RANSAC_THRESHOLD = 100
@@ -280,10 +282,19 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     from ..runtime import create_session, onnx_providers, resolve_device, resolve_dtype
 
     say = progress or (lambda text: None)
-    if config.frames < 1 or config.chunk < 1 or config.repeats < 1 or config.height < MIN_FRAME_SIDE:
-        raise BadInputError(
-            f"frames, chunk and repeats must be at least 1 and the height at least {MIN_FRAME_SIDE}", where="bench"
-        )
+    limits = {
+        "frames": (config.frames, 1, None),
+        "chunk": (config.chunk, 1, None),
+        "repeats": (config.repeats, 1, None),
+        "height": (config.height, MIN_FRAME_SIDE, MAX_FRAME_HEIGHT),
+        "width": (FULL_WIDTH if config.width is None else config.width, 1, None),
+    }
+    for name, (value, low, high) in limits.items():
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise BadInputError(
+                f"--{name} must be {allowed}, got {value}", where="facemagic bench", fix=f"give --{name} {allowed}"
+            )
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     width = config.width or (FULL_WIDTH if device.type == "cuda" else CPU_WIDTH)

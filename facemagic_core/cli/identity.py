@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInputError, ModelNotFoundError
+from ..files import check_output_path
 from ..identity import (
     IDENTITY_SUFFIX,
     SourceFace,
@@ -37,6 +38,8 @@ DETECTOR_BACKENDS: tuple[str, ...] = get_args(DetectorBackend)
 
 #: Files a SOURCE folder contributes.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+#: Picture formats the --preview file may have.
+PREVIEW_SUFFIXES = IMAGE_SUFFIXES
 
 #: A photo whose similarity to the mean of the other photos is below this probably shows someone else.
 DIFFERENT_PERSON_WARNING = 0.3
@@ -278,6 +281,16 @@ def run_identity(args: argparse.Namespace) -> int:
             where=str(output),
             fix=f"use -o {output.with_suffix(IDENTITY_SUFFIX)}",
         )
+    check_output_path(output)  # before any photo is read or model loaded
+    if args.preview is not None:
+        preview = Path(args.preview)
+        if preview.suffix.lower() not in PREVIEW_SUFFIXES:
+            raise BadInputError(
+                f"the preview is a picture, so it cannot be written as {preview.suffix or 'a file without suffix'}",
+                where=str(preview),
+                fix=f"name it {preview.stem}.png or {preview.stem}.jpg",
+            )
+        check_output_path(preview)
     images = [load_image(path) for path in paths]
     analyzer = build_analyzer(args.models, args.detector, args.device)
     order: FaceOrder = args.order
