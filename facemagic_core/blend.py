@@ -543,7 +543,8 @@ def poisson_blend(
         x, y, w, h = cv2.boundingRect(binary)
         centre = (x + w // 2, y + h // 2)  # the patch is placed by its mask's bounding box centre
         destination = np.ascontiguousarray(work[frame][y0:y1, x0:x1])
-        cloned = cv2.seamlessClone(source, destination, binary, centre, cv2.NORMAL_CLONE)
+        # seamlessClone writes into the mask it is given (OpenCV 5): hand it a copy, binary marks the region below.
+        cloned = cv2.seamlessClone(source, destination, binary.copy(), centre, cv2.NORMAL_CLONE)
         work[frame][y0:y1, x0:x1] = np.asarray(cloned, dtype=np.uint8)
         region_mask[frame, y0:y1, x0:x1] |= binary > 0
     output = frames.detach().clone()
