@@ -62,6 +62,13 @@ def check_images(images: object, *, where: str = "images") -> torch.Tensor:
     if images.shape[0] == 0:
         raise BadInputError("the image batch is empty", where=where, fix="pass at least one image")
     channels = images.shape[1]
+    if channels not in (1, 2, 3, 4) and images.shape[3] in (1, 2, 3, 4):
+        raise BadInputError(
+            f"the images look channels-last (B, H, W, C) with shape {tuple(images.shape)}, as ComfyUI's IMAGE is; "
+            "FaceMagic works on channels-first (B, 3, H, W)",
+            where=where,
+            fix="convert with images.permute(0, 3, 1, 2) (and drop an alpha channel)",
+        )
     if channels != 3:
         kind = {1: "grey", 2: "grey + alpha", 4: "RGBA"}.get(channels, f"{channels}-channel")
         raise BadInputError(
@@ -88,7 +95,7 @@ def check_images(images: object, *, where: str = "images") -> torch.Tensor:
             where=where,
             fix="convert with images.float() / 255",
         )
-    low, high = (float(value) for value in torch.aminmax(images))  # NaN propagates into both, inf into one
+    low, high = (float(value) for value in torch.aminmax(images.detach()))  # NaN propagates into both, inf into one
     if not (math.isfinite(low) and math.isfinite(high)):
         raise BadInputError(
             "the images contain NaN or infinite values", where=where, fix="check the node or code that produced them"

@@ -1013,12 +1013,31 @@ def swap_faces(
     nothing is returned. ``external_mask`` ``(N, H, W)`` limits where faces may change.
     ``frame_offset`` is added to the frame numbers in the result and in messages.
     """
+    if options is not None and not isinstance(options, SwapOptions):
+        raise BadInputError(
+            f"expected SwapOptions, got {type(options).__name__}",
+            where="swap_faces",
+            fix="pass SwapOptions(...), e.g. SwapOptions(weave=2), or None for the defaults",
+        )
     options = options or SwapOptions()
+    for role, model, how in (
+        ("face analyzer", analyzer, "build one with facemagic_core.analysis.FaceAnalyzer(...)"),
+        ("generator", generator, "load one with facemagic_core.generators.load_generator(...)"),
+    ):
+        if not hasattr(model, "embedding_model"):
+            raise BadInputError(f"expected a {role}, got {type(model).__name__}", where="swap_faces", fix=how)
     frames_in = check_images(images, where="target images")
     if isinstance(identities, Identity):
         check_identity(identities, generator)
     else:
-        if not list(identities):
+        if not isinstance(identities, list | tuple):
+            raise BadInputError(
+                f"expected an Identity or a list of them, got {type(identities).__name__}",
+                where="swap_faces",
+                fix="make an Identity with extract_identity or load_identity (a bare embedding needs "
+                "Identity(embedding, embedding_model=...))",
+            )
+        if not identities:
             raise BadInputError("no identity was given", where="swap_faces", fix="pass at least one identity")
         for number, identity in enumerate(identities):
             check_identity(identity, generator, where=f"identity {number}")

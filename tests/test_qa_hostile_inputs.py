@@ -258,3 +258,40 @@ def test_bench_names_the_option_out_of_range_before_reading_the_clip(
 
     with pytest.raises(BadInputError, match=message):
         run_benchmark(BenchConfig(clip=tmp_path / "never_read.gif", **options))  # type: ignore[arg-type]
+
+
+def test_swap_faces_names_wrong_arguments_instead_of_failing_inside(
+    t1_path: Path, analyzer: FaceAnalyzer, generator: TorchSwapper
+) -> None:
+    image = load_image(t1_path)[:, :, :300, :400]
+    embedding = identity().embeddings[0]
+    cases: list[tuple[tuple[object, ...], str]] = [
+        ((image, embedding, analyzer, generator), "an Identity or a list of them, got ndarray"),  # iterated the array
+        ((image, None, analyzer, generator), "got NoneType"),  # TypeError: not iterable
+        ((image, iter([identity()]), analyzer, generator), "got list_iterator"),  # was consumed by the first check
+        ((image, identity(), None, generator), "expected a face analyzer"),  # AttributeError
+        ((image, identity(), analyzer, None), "expected a generator"),  # AttributeError
+        ((image, identity(), analyzer, generator, {"weave": 2}), "expected SwapOptions, got dict"),  # AttributeError
+    ]
+    for arguments, message in cases:
+        with pytest.raises(BadInputError, match=message):
+            swap_faces(*arguments)  # type: ignore[arg-type]
+
+
+def test_channels_last_images_are_recognised_as_such(analyzer: FaceAnalyzer) -> None:
+    """ComfyUI's (B, H, W, C) layout was reported as '480-channel images'."""
+    with pytest.raises(BadInputError, match=r"channels-last.*permute\(0, 3, 1, 2\)"):
+        analyzer.analyze(torch.rand(1, 480, 640, 3))
+    with pytest.raises(BadInputError, match="RGBA images are not supported"):
+        analyzer.analyze(torch.rand(1, 4, 64, 64))
+
+
+def test_checking_an_image_that_requires_grad_gives_no_warning() -> None:
+    import warnings
+
+    from facemagic_core.images import check_images
+
+    image = torch.rand(1, 3, 64, 64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_images(image) is image
