@@ -295,3 +295,28 @@ def test_checking_an_image_that_requires_grad_gives_no_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_images(image) is image
+
+
+def test_the_command_line_tells_its_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from facemagic_core import __version__
+
+    with pytest.raises(SystemExit) as leaving:
+        main(["--version"])
+    assert leaving.value.code == 0 and capsys.readouterr().out.strip() == f"facemagic {__version__}"
+
+
+def test_prepare_checks_its_folders_before_asking_for_models(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """All three used to stop on the missing detector pack (offline) before the folder mistake was seen."""
+    offline = ["--models", str(tmp_path / "models"), "--device", "cpu"]
+    cases = [
+        ([str(tmp_path / "none"), "-o", str(tmp_path / "cache")], "the data folder does not exist"),
+        ([str(faces_dir / "anni.jpg"), "-o", str(tmp_path / "cache")], "prepare takes a folder of photos"),
+        ([str(faces_dir), "-o", str(faces_dir / "anni.jpg")], "is a file, so the output folder cannot be made"),
+    ]
+    for arguments, message in cases:
+        assert main(["prepare", *arguments, *offline]) == 1
+        error = capsys.readouterr().err
+        assert message in error and "not in the model folder" not in error, error
+    assert not (tmp_path / "models").exists()

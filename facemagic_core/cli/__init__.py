@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import __version__
 from ..errors import FaceMagicError
 
 #: Sub-command modules, in the order ``--help`` lists them.
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'facemagic COMMAND --help' for the options of one command.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"facemagic {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..files import check_output_path
 from ..generators.config import TEMPLATES
 from . import add_model_options
 from . import identity as identity_command
@@ -105,6 +106,16 @@ def run_prepare(args: argparse.Namespace) -> int:
     from .swap import build_swap_analyzer
 
     size, template = _crop_geometry(args)
+    data = Path(args.data_dir)
+    if data.is_file():
+        raise BadInputError(
+            "prepare takes a folder of photos, not one file",
+            where=str(data),
+            fix=f"put the photos in a folder and give that folder (e.g. {data.parent})",
+        )
+    if not data.is_dir():
+        raise BadInputError("the data folder does not exist", where=str(data), fix="give a folder of photos")
+    check_output_path(Path(args.output) / "manifest.json")  # before any model is loaded
     analyzer = build_swap_analyzer(
         args.models, args.detector, args.device, detector_model=args.detector_model, recognizer=args.recognizer
     )
