@@ -201,23 +201,29 @@ def test_save_image_writes_an_alpha_channel_into_png_and_drops_it_from_jpeg(tmp_
         save_image(image, tmp_path / "bad.png", alpha=torch.ones(1, 1, 4, 4))
 
 
-def test_swapping_a_transparent_cut_out_keeps_its_transparency(
-    faces_dir: Path, yunet_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture(scope="module")
+def cli_models(yunet_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Options for an offline ``facemagic swap``: YuNet, a tiny ArcFace and a tiny native generator on the CPU."""
+    folder = tmp_path_factory.mktemp("cli_models")
     torch.manual_seed(0)
     config = GeneratorConfig(
         image_size=32, channels=8, max_channels=16, style_hidden=16, num_downsamples=2, blocks_per_scale=(1, 1, 1)
     )
-    SwapGenerator.from_config(config).save_pretrained(tmp_path / "tiny")
-    recognizer = write_arcface(tmp_path / "w600k_r50.onnx")
+    SwapGenerator.from_config(config).save_pretrained(folder / "tiny")
+    recognizer = write_arcface(folder / "w600k_r50.onnx")
+    models = ["--detector", "yunet", "--detector-model", str(yunet_path), "--recognizer", str(recognizer)]
+    return [*models, "--models", str(folder), "--device", "cpu", "--generator", str(folder / "tiny")]
+
+
+def test_swapping_a_transparent_cut_out_keeps_its_transparency(
+    faces_dir: Path, cli_models: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     portrait = np.array(Image.open(faces_dir / "anni.jpg").convert("RGBA"))
     portrait[:, : portrait.shape[1] // 4, 3] = 0  # a cut-out: the left quarter is transparent
     Image.fromarray(portrait).save(tmp_path / "cut.png")
-    models = ["--detector", "yunet", "--detector-model", str(yunet_path), "--recognizer", str(recognizer)]
-    models += ["--models", str(tmp_path), "--device", "cpu", "--generator", str(tmp_path / "tiny")]
     for name in ("out.png", "out.jpg"):
         files = ["--source", str(faces_dir / "arnold.jpg"), "--target", str(tmp_path / "cut.png")]
-        assert main(["swap", *files, "-o", str(tmp_path / name), *models]) == 0
+        assert main(["swap", *files, "-o", str(tmp_path / name), *cli_models]) == 0
     printed = capsys.readouterr().out
     written = np.array(Image.open(tmp_path / "out.png"))
     assert written.shape[2] == 4 and np.array_equal(written[..., 3], portrait[..., 3])
@@ -320,3 +326,22 @@ def test_prepare_checks_its_folders_before_asking_for_models(
         error = capsys.readouterr().err
         assert message in error and "not in the model folder" not in error, error
     assert not (tmp_path / "models").exists()
+
+
+def test_a_gif_of_one_frame_may_be_saved_as_a_picture(
+    faces_dir: Path, cli_models: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A still GIF was a 'video' whose output had to be .mp4 or .gif."""
+    still = Image.open(faces_dir / "anni.jpg").convert("P")
+    still.save(tmp_path / "still.gif")
+    files = ["--source", str(faces_dir / "arnold.jpg"), "--target", str(tmp_path / "still.gif")]
+    assert main(["swap", *files, "-o", str(tmp_path / "out.png"), *cli_models]) == 0
+    assert "Swapped 1 face(s)" in capsys.readouterr().out
+    written = load_image(tmp_path / "out.png")
+    original = load_image(tmp_path / "still.gif")
+    assert written.shape == original.shape and 0 < float((written - original).abs().amax()) < 1.0
+    frames = [still, still.rotate(5)]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:], duration=100)
+    moving = ["--source", str(faces_dir / "arnold.jpg"), "--target", str(tmp_path / "moving.gif")]
+    assert main(["swap", *moving, "-o", str(tmp_path / "moving.png"), *cli_models]) == 1
+    assert "the output must be a video too" in capsys.readouterr().err

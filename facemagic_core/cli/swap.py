@@ -29,7 +29,7 @@ from ..pipeline import (
 )
 from ..pose import FAILURE_POLICIES, PoseReport, PoseThresholds, draw_pose_overlay, format_pose_report
 from ..types import FACE_ORDERS, Identity
-from ..video import WRITABLE_VIDEO_SUFFIXES, is_video_path
+from ..video import WRITABLE_VIDEO_SUFFIXES, is_video_path, read_video_info
 from . import add_model_options
 from . import identity as identity_command
 
@@ -149,7 +149,8 @@ def register(subparsers: Any) -> None:
         type=Path,
         required=True,
         metavar="FILE",
-        help="the result: a picture (.png, .jpg, .webp) for a photo, .mp4 or .gif for a GIF or video",
+        help="the result: a picture (.png, .jpg, .webp) for a photo or a GIF of one frame, .mp4 or .gif for a GIF or "
+        "video; a transparent PNG target keeps its transparency in a .png result",
     )
     faces = where.add_mutually_exclusive_group()
     faces.add_argument(
@@ -477,6 +478,16 @@ def _describe_frames(frames: Sequence[int]) -> str:
     return shown + (f" ... ({len(frames)} in all)" if len(frames) > MAX_FRAMES_LISTED else "")
 
 
+def _is_still_gif(path: Path) -> bool:
+    """Whether ``path`` is a readable GIF of a single frame (False for anything else, errors included)."""
+    if path.suffix.lower() != ".gif" or not path.is_file():
+        return False
+    try:
+        return read_video_info(path).frame_count == 1
+    except BadInputError:
+        return False  # reported when the target is read
+
+
 def check_identity_kinds(args: argparse.Namespace) -> None:
     """A photo given to --identity or an identity file given to --source: say which option takes it."""
     for path in args.identity or []:
@@ -526,6 +537,8 @@ def run_swap(args: argparse.Namespace) -> int:
     output: Path = args.output
     video = is_video_path(target)
     suffix = output.suffix.lower()
+    if video and suffix in IMAGE_OUTPUT_SUFFIXES and _is_still_gif(target):
+        video = False  # a GIF of one frame is a picture: it may be saved as one
     if video and suffix not in WRITABLE_VIDEO_SUFFIXES:
         raise BadInputError(
             f"the target is a video, so the output must be a video too, not {suffix or 'a file without suffix'}",
