@@ -75,7 +75,7 @@ def analyzer(people: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> 
     )
     built: list[tuple[Path, str, str]] = []
 
-    def build_analyzer(model_dir: Path, backend: str, device: str) -> ColourKeyedAnalyzer:
+    def build_analyzer(model_dir: Path, backend: str, device: str, **files: Path | None) -> ColourKeyedAnalyzer:
         built.append((model_dir, backend, device))
         return fake
 
@@ -338,3 +338,28 @@ def test_commands_end_to_end_with_a_tiny_model_pack(
     printed = capsys.readouterr().out
     value = float(next(line for line in printed.splitlines() if line.startswith("similarity:")).split()[1])
     assert -1.0 <= value <= 1.0 and "verdict:" in printed
+
+
+def test_identity_and_similarity_take_detector_and_recognizer_files(
+    faces_dir: Path,
+    yunet_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Model files given by path need nothing from the (empty, offline) model folder, as with facemagic swap."""
+    from tiny_models import write_arcface
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recognizer = write_arcface(tmp_path / "my_arcface.onnx")
+    files = ["--detector", "yunet", "--detector-model", str(yunet_path), "--recognizer", str(recognizer)]
+    files += ["--models", str(tmp_path / "empty"), "--device", "cpu"]
+    output = tmp_path / "anni.safetensors"
+    assert main(["identity", str(faces_dir / "anni.jpg"), "-o", str(output), *files]) == 0
+    assert load_identity(output).sources == ("anni.jpg",)
+    assert main(["similarity", str(faces_dir / "anni.jpg"), str(output), *files]) == 0
+    assert "1.000" in capsys.readouterr().out
+    # Only the recogniser given: the YuNet file is the one registry model named as missing.
+    assert main(["identity", str(faces_dir / "anni.jpg"), "-o", str(output), *files[:2], *files[4:]]) == 1
+    error = capsys.readouterr().err
+    assert "face_detection_yunet" in error and "arcface" not in error.split("Fix:")[0].lower()

@@ -47,11 +47,20 @@ DIFFERENT_PERSON_WARNING = 0.3
 PREVIEW_SIZE = 112
 
 
-def build_analyzer(model_dir: Path, backend: str, device: str) -> FaceAnalyzer:
+def build_analyzer(
+    model_dir: Path,
+    backend: str,
+    device: str,
+    *,
+    detector_model: Path | None = None,
+    recognizer: Path | None = None,
+) -> FaceAnalyzer:
     """A face analyzer from the model folder: the buffalo_l pack, or YuNet + ArcFace w600k_r50.
 
-    Missing models are downloaded into ``model_dir``; when that is impossible,
-    :class:`~facemagic_core.errors.ModelNotFoundError` says which file to put where.
+    ``detector_model`` / ``recognizer`` replace the registry's files (a YuNet or SCRFD ``.onnx``, a
+    w600k_r50-compatible ArcFace ``.onnx``). Missing registry models are downloaded into ``model_dir``;
+    when that is impossible, one :class:`~facemagic_core.errors.ModelNotFoundError` names every file to
+    put where.
     """
     from ..analysis import FaceAnalyzer
     from ..runtime import onnx_providers
@@ -60,10 +69,50 @@ def build_analyzer(model_dir: Path, backend: str, device: str) -> FaceAnalyzer:
         raise BadInputError(f"unknown detector {backend!r}", fix=f"use one of {', '.join(DETECTOR_BACKENDS)}")
     providers = onnx_providers(device)
     if backend == "insightface":
-        (pack,) = ensure_models(["buffalo_l"], model_dir)
-        return FaceAnalyzer.from_pack(pack, providers=providers)
-    detector, recognizer = ensure_models(["yunet", "arcface_w600k_r50"], model_dir)
-    return FaceAnalyzer(backend="yunet", detector=detector, recognizer=recognizer, providers=providers)
+        (pack,) = ensure_models(["buffalo_l"], model_dir)  # its landmark model is used with given files too
+        if detector_model is None and recognizer is None:
+            return FaceAnalyzer.from_pack(pack, providers=providers)
+        return FaceAnalyzer(
+            backend="insightface",
+            detector=detector_model or pack / "det_10g.onnx",
+            recognizer=recognizer or pack / "w600k_r50.onnx",
+            landmarks_106=pack / "2d106det.onnx",
+            providers=providers,
+        )
+    replaced = {"yunet": detector_model, "arcface_w600k_r50": recognizer}
+    needed = [name for name, given in replaced.items() if given is None]
+    found = dict(zip(needed, ensure_models(needed, model_dir), strict=True))
+    return FaceAnalyzer(
+        backend="yunet",
+        detector=detector_model or found["yunet"],
+        recognizer=recognizer or found["arcface_w600k_r50"],
+        providers=providers,
+    )
+
+
+def add_detector_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--detector, --detector-model and --recognizer: which models find and recognise faces."""
+    parser.add_argument(
+        "--detector",
+        choices=DETECTOR_BACKENDS,
+        default="insightface",
+        help="face detector: insightface (the buffalo_l pack: accurate, with 106-point landmarks, ~330 MB) or yunet "
+        "(small and fast, with the ArcFace w600k_r50 recogniser); both give the same kind of identity "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--detector-model",
+        type=Path,
+        metavar="FILE",
+        help="use this detector file instead of the registry's (a YuNet .onnx with --detector yunet, an SCRFD "
+        ".onnx with insightface)",
+    )
+    parser.add_argument(
+        "--recognizer",
+        type=Path,
+        metavar="FILE",
+        help="use this ArcFace recogniser .onnx (w600k_r50-compatible) instead of the registry's",
+    )
 
 
 def ensure_models(names: Sequence[str], model_dir: Path) -> list[Path]:
@@ -133,13 +182,7 @@ def add_face_options(
         metavar="ORDER",
         help=f"how the faces in a photo are counted for --face-index: {', '.join(FACE_ORDERS)} (default: %(default)s)",
     )
-    parser.add_argument(
-        "--detector",
-        choices=DETECTOR_BACKENDS,
-        default="insightface",
-        help="face detector: insightface (the buffalo_l pack: accurate, ~330 MB) or yunet (small and fast, with "
-        "the ArcFace w600k_r50 recogniser); both give the same kind of identity (default: %(default)s)",
-    )
+    add_detector_options(parser)
 
 
 def register(subparsers: Any) -> None:
@@ -292,7 +335,9 @@ def run_identity(args: argparse.Namespace) -> int:
             )
         check_output_path(preview)
     images = [load_image(path) for path in paths]
-    analyzer = build_analyzer(args.models, args.detector, args.device)
+    analyzer = build_analyzer(
+        args.models, args.detector, args.device, detector_model=args.detector_model, recognizer=args.recognizer
+    )
     order: FaceOrder = args.order
     chosen = choose_source_faces(analyzer, images, order=order, index=args.face_index, sources=_source_names(paths))
     identity = identity_from_chosen_faces(chosen, embedding_model=analyzer.embedding_model, order=order)

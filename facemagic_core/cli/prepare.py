@@ -64,15 +64,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N", help="faces per shard (default: %(default)s)"
     )
-    parser.add_argument(
-        "--detector",
-        choices=identity_command.DETECTOR_BACKENDS,
-        default="insightface",
-        help="face detector: insightface (the buffalo_l pack, with 106-point landmarks) or yunet (default: "
-        "%(default)s)",
-    )
-    parser.add_argument("--detector-model", type=Path, metavar="FILE", help="use this detector file")
-    parser.add_argument("--recognizer", type=Path, metavar="FILE", help="use this ArcFace recogniser .onnx")
+    identity_command.add_detector_options(parser)
     add_model_options(parser)
     parser.set_defaults(handler=run_prepare)
 
@@ -103,7 +95,6 @@ def _print_progress(done: int, total: int) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     from ..training.prepare import prepare_dataset
-    from .swap import build_swap_analyzer
 
     size, template = _crop_geometry(args)
     data = Path(args.data_dir)
@@ -116,7 +107,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     if not data.is_dir():
         raise BadInputError("the data folder does not exist", where=str(data), fix="give a folder of photos")
     check_output_path(Path(args.output) / "manifest.json")  # before any model is loaded
-    analyzer = build_swap_analyzer(
+    analyzer = identity_command.build_analyzer(
         args.models, args.detector, args.device, detector_model=args.detector_model, recognizer=args.recognizer
     )
     summary = prepare_dataset(

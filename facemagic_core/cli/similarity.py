@@ -79,7 +79,13 @@ def run_similarity(args: argparse.Namespace) -> int:
     embeddings: list[FloatArray | Identity] = []
     labels: list[str] = []
     model: str | None = None
-    analyzer = identity_command.build_analyzer(args.models, args.detector, args.device) if images else None
+    analyzer = (
+        identity_command.build_analyzer(
+            args.models, args.detector, args.device, detector_model=args.detector_model, recognizer=args.recognizer
+        )
+        if images
+        else None
+    )
     for number, path in enumerate(paths):
         if number in identities:
             identity = identities[number]

@@ -264,26 +264,7 @@ def register(subparsers: Any) -> None:
     )
 
     models = parser.add_argument_group("models and hardware")
-    models.add_argument(
-        "--detector",
-        choices=identity_command.DETECTOR_BACKENDS,
-        default="insightface",
-        help="face detector: insightface (the buffalo_l pack) or yunet (small and fast, with the ArcFace "
-        "w600k_r50 recogniser) (default: %(default)s)",
-    )
-    models.add_argument(
-        "--detector-model",
-        type=Path,
-        metavar="FILE",
-        help="use this detector file instead of the registry's (a YuNet .onnx with --detector yunet, an SCRFD "
-        ".onnx with insightface)",
-    )
-    models.add_argument(
-        "--recognizer",
-        type=Path,
-        metavar="FILE",
-        help="use this ArcFace recogniser .onnx (w600k_r50-compatible) instead of the registry's",
-    )
+    identity_command.add_detector_options(models)
     models.add_argument(
         "--dtype",
         default="auto",
@@ -318,41 +299,6 @@ def registry_models_needed(args: argparse.Namespace) -> list[str]:
     if str(args.generator) in MODELS:
         names.append(str(args.generator))
     return names
-
-
-def build_swap_analyzer(
-    model_dir: Path,
-    backend: str,
-    device: str,
-    *,
-    detector_model: Path | None = None,
-    recognizer: Path | None = None,
-) -> FaceAnalyzer:
-    """The analyzer of ``facemagic identity`` (:func:`identity_command.build_analyzer`), or one from given files."""
-    if detector_model is None and recognizer is None:
-        return identity_command.build_analyzer(model_dir, backend, device)
-    from ..analysis import FaceAnalyzer
-    from ..hub import ensure_model
-    from ..runtime import onnx_providers
-
-    providers = onnx_providers(device)
-    if backend == "yunet":
-        return FaceAnalyzer(
-            backend="yunet",
-            detector=detector_model or ensure_model("yunet", model_dir),
-            recognizer=recognizer or ensure_model("arcface_w600k_r50", model_dir),
-            providers=providers,
-        )
-    if backend != "insightface":
-        raise BadInputError(f"unknown detector {backend!r}", fix="use insightface or yunet")
-    pack = ensure_model("buffalo_l", model_dir)
-    return FaceAnalyzer(
-        backend="insightface",
-        detector=detector_model or pack / "det_10g.onnx",
-        recognizer=recognizer or pack / "w600k_r50.onnx",
-        landmarks_106=pack / "2d106det.onnx",
-        providers=providers,
-    )
 
 
 def _load_named_identity(path: Path) -> Identity:
@@ -570,7 +516,7 @@ def run_swap(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # Fetch (or name, when they cannot be fetched) every registry model this run needs in one go.
     identity_command.ensure_models(registry_models_needed(args), args.models)
-    analyzer = build_swap_analyzer(
+    analyzer = identity_command.build_analyzer(
         args.models, args.detector, args.device, detector_model=args.detector_model, recognizer=args.recognizer
     )
     generator = load_generator(args.generator, model_dir=args.models, device=args.device, dtype=args.dtype)
