@@ -86,6 +86,11 @@ class Identity:
     extra: dict[str, str] = field(default_factory=dict)  # free-form provenance kept in saved files
 
     def __post_init__(self) -> None:
+        if not isinstance(self.embedding_model, str) or not self.embedding_model.strip():
+            raise BadInputError(
+                f"an identity must name the recogniser that made it, got {self.embedding_model!r}",
+                fix="pass the registry name of the recogniser, e.g. 'arcface_w600k_r50'",
+            )
         raw: object = self.embeddings
         if isinstance(raw, torch.Tensor):
             raw = raw.detach().to("cpu", torch.float32).numpy()

@@ -552,3 +552,9 @@ def test_choose_source_faces_with_the_real_yunet_detector(
     blank = torch.full((1, 3, 200, 200), 0.5)
     with pytest.raises(NoFaceError, match=r"image 2 of 2: blank\.png"):
         extract_identity(analyzer, [images[0], blank], sources=["anni.jpg", "blank.png"])
+
+
+@pytest.mark.parametrize("model", ["", "   ", None])
+def test_an_identity_must_name_its_recogniser(model: object) -> None:
+    with pytest.raises(BadInputError, match="must name the recogniser"):
+        Identity(np.ones(512, np.float32), model)  # type: ignore[arg-type]
