@@ -11,7 +11,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import __version__
@@ -61,6 +61,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="where to run: auto (GPU when there is one), cpu, cuda, cuda:1, mps (default: %(default)s)",
     )
+
+
+def progress_printer(label: str, unit: str = "") -> Callable[[int, int], None]:
+    """A progress callback that rewrites one stderr line (``label done/total unit``) about a hundred times a run."""
+
+    def report(done: int, total: int) -> None:
+        step = max(1, total // 100)
+        if done % step == 0 or done == total:
+            text = f"\r{label} {done}/{total}" + (f" {unit}" if unit else "")
+            print(text, end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

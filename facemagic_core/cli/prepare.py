@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
 from ..files import check_output_path
 from ..generators.config import TEMPLATES
-from . import add_model_options
+from . import add_model_options, progress_printer
 from . import identity as identity_command
 
 #: Default crop side when neither --size nor --config is given.
@@ -87,12 +86,6 @@ def _crop_geometry(args: argparse.Namespace) -> tuple[int, str]:
     return size, args.template or "arcface"
 
 
-def _print_progress(done: int, total: int) -> None:
-    step = max(1, total // 100)
-    if done % step == 0 or done == total:
-        print(f"\rprepare: {done}/{total} photos", end="\n" if done == total else "", file=sys.stderr, flush=True)
-
-
 def run_prepare(args: argparse.Namespace) -> int:
     from ..training.prepare import prepare_dataset
 
@@ -120,7 +113,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         all_faces=args.all_faces,
         min_face_size=args.min_face_size,
-        progress=_print_progress,
+        progress=progress_printer("prepare:", "photos"),
     )
     print(
         f"{summary.photos_processed} new photo(s) of {summary.photos_total}: {summary.faces_added} face(s) added, "

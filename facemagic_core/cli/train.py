@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError
-from . import add_model_options
+from . import add_model_options, progress_printer
 from . import identity as identity_command
 
 if TYPE_CHECKING:
@@ -101,12 +100,6 @@ def _teachers(
     return recognizer, landmarks
 
 
-def _print_progress(done: int, total: int) -> None:
-    step = max(1, total // 100)
-    if done % step == 0 or done == total:
-        print(f"\rtrain: step {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
-
-
 def run_train(args: argparse.Namespace) -> int:
     from ..generators import load_generator
     from ..runtime import resolve_device
@@ -131,7 +124,7 @@ def run_train(args: argparse.Namespace) -> int:
         device=device,
         resume=args.resume,
     )
-    summary = trainer.train(progress=_print_progress)
+    summary = trainer.train(progress=progress_printer("train: step"))
     shown = ("generator_loss", "reconstruction", "identity", "distill_l1")
     for label, losses in (("first", summary.first_losses), ("last", summary.last_losses)):
         if losses:
