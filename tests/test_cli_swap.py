@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import write_arcface
+from tiny_models import tiny_facemagic_config, write_arcface
 
 from facemagic_core.cli import main
 from facemagic_core.generators import GeneratorConfig, InswapperGenerator, SwapGenerator, export_inswapper_onnx
@@ -22,11 +22,7 @@ from facemagic_core.video import read_frames, read_video_info
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    native = SwapGenerator.from_config(
-        GeneratorConfig(
-            image_size=32, channels=8, max_channels=16, style_hidden=16, num_downsamples=2, blocks_per_scale=(1, 1, 1)
-        )
-    )
+    native = SwapGenerator.from_config(tiny_facemagic_config())
     native.save_pretrained(folder / "tiny_facemagic")
     inswapper = InswapperGenerator(GeneratorConfig.inswapper_layout(channels=4, image_size=32, num_blocks=2)).eval()
     with torch.no_grad():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import write_arcface
+from tiny_models import tiny_facemagic_config, write_arcface
 
 from facemagic_core.align import estimate_similarity, face_template, invert_affine, transform_points
 from facemagic_core.analysis import FaceAnalyzer
@@ -21,7 +21,7 @@ from facemagic_core.errors import (
     ModelIntegrityError,
     NoFaceError,
 )
-from facemagic_core.generators import GeneratorConfig, SwapGenerator, SwapOutput, TorchSwapper, load_generator
+from facemagic_core.generators import SwapGenerator, SwapOutput, TorchSwapper, load_generator
 from facemagic_core.images import load_image
 from facemagic_core.pipeline import (
     FaceTracker,
@@ -57,9 +57,7 @@ def analyzer(yunet_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Face
 def generator() -> TorchSwapper:
     """A tiny random FaceMagic network (3 blocks, 32 px crops, soft mask head)."""
     torch.manual_seed(0)
-    cfg = GeneratorConfig(
-        image_size=32, channels=8, max_channels=16, style_hidden=16, num_downsamples=2, blocks_per_scale=(1, 1, 1)
-    )
+    cfg = tiny_facemagic_config()
     return TorchSwapper(SwapGenerator.from_config(cfg).eval(), name="tiny", device="cpu")
 
 

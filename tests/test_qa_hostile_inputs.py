@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import write_arcface
+from tiny_models import tiny_facemagic_config, write_arcface
 
 from facemagic_core.analysis import FaceAnalyzer
 from facemagic_core.cli import main
 from facemagic_core.errors import BadInputError, NoFaceError
-from facemagic_core.generators import GeneratorConfig, SwapGenerator, TorchSwapper
+from facemagic_core.generators import SwapGenerator, TorchSwapper
 from facemagic_core.identity import load_identity, save_identity
 from facemagic_core.images import load_alpha, load_image, save_image
 from facemagic_core.pipeline import SwapOptions, swap_faces
@@ -33,9 +33,7 @@ def analyzer(yunet_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Face
 @pytest.fixture(scope="module")
 def generator() -> TorchSwapper:
     torch.manual_seed(0)
-    config = GeneratorConfig(
-        image_size=32, channels=8, max_channels=16, style_hidden=16, num_downsamples=2, blocks_per_scale=(1, 1, 1)
-    )
+    config = tiny_facemagic_config()
     return TorchSwapper(SwapGenerator.from_config(config).eval(), name="tiny", device="cpu")
 
 
@@ -206,9 +204,7 @@ def cli_models(yunet_path: Path, tmp_path_factory: pytest.TempPathFactory) -> li
     """Options for an offline ``facemagic swap``: YuNet, a tiny ArcFace and a tiny native generator on the CPU."""
     folder = tmp_path_factory.mktemp("cli_models")
     torch.manual_seed(0)
-    config = GeneratorConfig(
-        image_size=32, channels=8, max_channels=16, style_hidden=16, num_downsamples=2, blocks_per_scale=(1, 1, 1)
-    )
+    config = tiny_facemagic_config()
     SwapGenerator.from_config(config).save_pretrained(folder / "tiny")
     recognizer = write_arcface(folder / "w600k_r50.onnx")
     models = ["--detector", "yunet", "--detector-model", str(yunet_path), "--recognizer", str(recognizer)]

@@ -18,6 +18,9 @@ can run insightface's own ``model_zoo`` runners end to end without the real weig
 - :func:`write_arcface` — ArcFace recogniser: ``Nx3x112x112 -> Nx512`` (dynamic batch).
 - :func:`write_pack` — a buffalo_l-like folder with the five files under their real names.
 
+And :func:`tiny_facemagic_config`, the tiny native generator (32 px crops, three Style Mix Blocks)
+that the pipeline and command-line tests swap with.
+
 Node names never start with ``Sub``/``Mul`` unless asked (insightface reads such names as
 "the graph normalises its input itself").
 """
@@ -29,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from facemagic_core.generators import GeneratorConfig
 
 OPSET = 13
 IR_VERSION = 8
@@ -260,3 +265,10 @@ def expected_detection(column: int, row: int) -> tuple[np.ndarray, np.ndarray]:
     half = DETECTOR_BOX_HALF * DETECTOR_STRIDE
     box = np.array([centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half], dtype=np.float32)
     return box, centre + DETECTOR_LANDMARK_OFFSETS * DETECTOR_STRIDE
+
+
+def tiny_facemagic_config() -> GeneratorConfig:
+    """A tiny random FaceMagic network: 32 px crops, three Style Mix Blocks (one per scale), soft mask head."""
+    return GeneratorConfig(
+        image_size=32, channels=8, max_channels=16, style_hidden=16, num_downsamples=2, blocks_per_scale=(1, 1, 1)
+    )
