@@ -630,6 +630,18 @@ def _generator_id_dim(generator: SwapModel) -> int:
     return int(getattr(generator, "id_dim", EMBEDDING_DIM))
 
 
+def check_recognisers(analyzer: Analyzer, generator: SwapModel, *, where: str = "swap_faces") -> None:
+    """The target faces' own identities come from ``analyzer``: its recogniser must be ``generator``'s."""
+    if analyzer.embedding_model != generator.embedding_model:
+        raise IncompatibleIdentityError(
+            f"the face analyzer's recogniser makes '{analyzer.embedding_model}' embeddings but the generator "
+            f"{generator.name} takes '{generator.embedding_model}' ones (the target faces' own identities)",
+            where=where,
+            fix=f"use an analyzer with the '{generator.embedding_model}' recogniser (buffalo_l or yunet for "
+            "arcface_w600k_r50)",
+        )
+
+
 def check_identity(identity: Identity, generator: SwapModel, *, where: str = "identity") -> None:
     """Raise :class:`IncompatibleIdentityError` unless ``identity`` fits ``generator`` (recogniser and size)."""
     if not isinstance(identity, Identity):
@@ -1041,13 +1053,7 @@ def swap_faces(
             raise BadInputError("no identity was given", where="swap_faces", fix="pass at least one identity")
         for number, identity in enumerate(identities):
             check_identity(identity, generator, where=f"identity {number}")
-    if analyzer.embedding_model != generator.embedding_model:
-        raise IncompatibleIdentityError(
-            f"the face analyzer's recogniser makes '{analyzer.embedding_model}' embeddings but the generator "
-            f"{generator.name} takes '{generator.embedding_model}' ones (the target faces' own identities)",
-            where="swap_faces",
-            fix=f"use an analyzer with the '{generator.embedding_model}' recogniser",
-        )
+    check_recognisers(analyzer, generator)
     _strength_rows(options.strength, int(generator.num_blocks))  # fail before any work
     if options.mask == "hull" and not analyzer.has_dense_landmarks:
         raise BadInputError(

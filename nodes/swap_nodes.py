@@ -19,8 +19,8 @@ import torch
 
 from facemagic_core.analysis import FaceAnalyzer
 from facemagic_core.blend import COLOUR_METHODS, MASK_KINDS
-from facemagic_core.errors import BadInputError, IncompatibleIdentityError
-from facemagic_core.generators.base import SwapModel, SwapOutput
+from facemagic_core.errors import BadInputError
+from facemagic_core.generators.base import SwapOutput
 from facemagic_core.pipeline import (
     DEFAULT_CHUNK_SIZE,
     MAX_WEAVE,
@@ -31,6 +31,7 @@ from facemagic_core.pipeline import (
     SwapBatch,
     SwapOptions,
     blend_swap,
+    check_recognisers,
     check_swap_pose,
     forward_swap,
     prepare_swap,
@@ -131,18 +132,6 @@ def swapped_crops_image(data: SwapData) -> torch.Tensor:
         size = data.chunks[0].batch.crop_size if data.chunks else 64
         return torch.zeros((1, size, size, 3))
     return images_to_comfy(torch.cat(crops))
-
-
-def check_recognisers(analyzer: FaceAnalyzer, model: SwapModel) -> None:
-    """The target faces' own identities come from the analyzer: its recogniser must be the generator's."""
-    if analyzer.embedding_model != model.embedding_model:
-        raise IncompatibleIdentityError(
-            f"the face analyzer's recogniser makes '{analyzer.embedding_model}' embeddings but the generator "
-            f"{model.name} takes '{model.embedding_model}' ones",
-            where="FaceMagic Swap",
-            fix=f"use an analyzer with the '{model.embedding_model}' recogniser (buffalo_l or yunet for "
-            "arcface_w600k_r50)",
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -314,7 +303,7 @@ class FaceMagicSwap(io.ComfyNode):
         chunks: list[SwapChunk] = []
         with comfy_errors():
             model = generator.ready()
-            check_recognisers(analyzer, model)
+            check_recognisers(analyzer, model, where="FaceMagic Swap")
             dense = bool(analyzer.has_dense_landmarks)
             for start in range(0, total, DEFAULT_CHUNK_SIZE):
                 part = images_to_core(images[start : start + DEFAULT_CHUNK_SIZE], where="target images")

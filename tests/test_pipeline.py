@@ -424,3 +424,16 @@ def test_pose_check_uses_dense_landmarks_and_maps_them_to_the_frame(portrait: to
     crop_points = torch.from_numpy(pattern * 256 - 64)[None]
     expected = transform_points(crop_points, invert_affine(batch.matrices.double()))[0].numpy()
     np.testing.assert_allclose(check.target_landmarks[0], expected, atol=1e-3)
+
+
+def test_check_recognisers_refuses_an_analyzer_of_another_embedding_space() -> None:
+    from types import SimpleNamespace
+
+    from facemagic_core.errors import IncompatibleIdentityError
+    from facemagic_core.pipeline import check_recognisers
+
+    generator = SimpleNamespace(name="tiny", embedding_model="arcface_w600k_r50")
+    check_recognisers(SimpleNamespace(embedding_model="arcface_w600k_r50"), generator)  # type: ignore[arg-type]
+    with pytest.raises(IncompatibleIdentityError, match="arcface_glintr100") as error:
+        check_recognisers(SimpleNamespace(embedding_model="arcface_glintr100"), generator, where="FaceMagic Swap")  # type: ignore[arg-type]
+    assert error.value.where == "FaceMagic Swap" and "buffalo_l" in str(error.value)
