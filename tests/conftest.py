@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,20 @@ def faces_dir() -> Path:
     if not FACES.is_dir():
         pytest.skip(f"real test photos are not available: {FACES} is absent")
     return FACES
+
+
+@pytest.fixture(scope="session")
+def loose_faces_dir(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the loose test photos (the top-level files and aligned/), without celeba/.
+
+    celeba/ holds 3,231 photos: a flat walk of the whole shared folder would prepare all of them."""
+    folder = tmp_path_factory.mktemp("loose_faces")
+    for path in sorted(faces_dir.iterdir()):
+        if path.is_file() and path.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".gif"}:
+            shutil.copy(path, folder / path.name)
+    if (faces_dir / "aligned").is_dir():
+        shutil.copytree(faces_dir / "aligned", folder / "aligned")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -124,10 +124,10 @@ def test_prepare_resumes_and_adds_only_new_photos(
         prepare_dataset(data_dir, cache, analyzer, image_size=2 * SIZE)
 
 
-def test_flat_layout_of_the_shared_faces(analyzer: FaceAnalyzer, faces_dir: Path, tmp_path: Path) -> None:
-    photos = collect_photos(faces_dir, "flat")
+def test_flat_layout_of_the_shared_faces(analyzer: FaceAnalyzer, loose_faces_dir: Path, tmp_path: Path) -> None:
+    photos = collect_photos(loose_faces_dir, "flat")
     assert all(photo.person == "" for photo in photos) and any("/" in photo.relative_path for photo in photos)
-    summary = prepare_dataset(faces_dir, tmp_path / "cache", analyzer, image_size=SIZE, layout="flat")
+    summary = prepare_dataset(loose_faces_dir, tmp_path / "cache", analyzer, image_size=SIZE, layout="flat")
     assert summary.faces_total == len(photos) and not summary.unreadable  # YuNet finds one face in each
     manifest = read_manifest(tmp_path / "cache")
     assert manifest is not None and manifest["persons"] == []

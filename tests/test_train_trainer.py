@@ -40,11 +40,11 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def cache(
-    faces_dir: Path, yunet_path: Path, teachers: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+    loose_faces_dir: Path, yunet_path: Path, teachers: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> FaceCache:
     analyzer = FaceAnalyzer(backend="yunet", detector=yunet_path, recognizer=teachers[0], providers=["cpu"])
     folder = tmp_path_factory.mktemp("cache")
-    prepare_dataset(faces_dir, folder, analyzer, image_size=64, layout="flat")
+    prepare_dataset(loose_faces_dir, folder, analyzer, image_size=64, layout="flat")
     return FaceCache(folder)
 
 
