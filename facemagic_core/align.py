@@ -31,7 +31,7 @@ from .types import Face, FloatArray
 logger = logging.getLogger(__name__)
 
 #: Which five-point layout a crop is aligned to.
-TemplateName = Literal["arcface", "ffhq"]
+TemplateName = Literal["arcface", "ffhq", "dlib"]
 TEMPLATE_NAMES: tuple[str, ...] = get_args(TemplateName)
 
 #: ArcFace's 112 px template (insightface's ``arcface_dst``): left eye, right eye, nose tip,
@@ -52,6 +52,16 @@ FFHQ_TEMPLATE_512: FloatArray = np.array(
     dtype=np.float32,
 )  # fmt: skip
 
+#: The five points (same order) in dlib's 150 px face chip as its face recogniser sees it
+#: (``get_face_chip_details(shape, 150, 0.25)``): dlib maps 33 points of its 68-point mean face to
+#: ``(0.25 + p) / 1.5 * 150``; these are the eye centres (means of points 36-41 and 42-47), the
+#: nose tip (30) and the mouth corners (48, 54) of that mean face, mapped the same way. Other
+#: sizes are the same layout scaled by ``size / 150``.
+DLIB_TEMPLATE_150: FloatArray = np.array(
+    [[47.5492, 46.5990], [100.4761, 46.5990], [74.0127, 76.5625], [50.4149, 103.0233], [97.6104, 103.0233]],
+    dtype=np.float32,
+)
+
 #: Below this variance (pixels squared) five landmarks are one point and fix no transform.
 _MIN_POINT_SPREAD = 1e-6
 
@@ -63,6 +73,7 @@ def face_template(name: TemplateName, size: int) -> FloatArray:
     any other size scales it by ``size / 128`` and shifts x by ``8 * size / 128`` (insightface's
     rule: the 112 face sits inside a 128 frame, e.g. inswapper's 128 px crops).
     ``"ffhq"``: the 512 template scaled by ``size / 512``.
+    ``"dlib"``: dlib's 150 px face chip (its ResNet recogniser's input) scaled by ``size / 150``.
     """
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 16:
         raise BadInputError(
@@ -79,6 +90,8 @@ def face_template(name: TemplateName, size: int) -> FloatArray:
             template[:, 0] += np.float32(8 * size / 128)
     elif name == "ffhq":
         template = FFHQ_TEMPLATE_512 * np.float32(size / 512)
+    elif name == "dlib":
+        template = DLIB_TEMPLATE_150 * np.float32(size / 150)
     else:
         raise BadInputError(
             f"unknown alignment template {name!r}",

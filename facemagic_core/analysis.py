@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import cv2
 import numpy as np
@@ -156,6 +156,57 @@ def _load_yunet(path: Path, threshold: float) -> cv2.FaceDetectorYN:
     return detector
 
 
+class Recognizer(Protocol):
+    """The recogniser interface (shared with the torch runners): aligned crops in, raw embeddings out."""
+
+    input_size: int  # side of the square aligned crop
+    template: str  # alignment template name of facemagic_core.align
+    embedding_model: str  # registry name of the embedding space, written into identities
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def embed(self, crops: torch.Tensor) -> torch.Tensor: ...
+
+
+def is_recognizer_object(value: object) -> bool:
+    """True for an object of the recogniser interface (not a path, not an insightface runner)."""
+    return callable(getattr(value, "embed", None)) and isinstance(getattr(value, "input_size", None), int)
+
+
+def _recognizer_label(recognizer: Any) -> str:
+    if recognizer is None:
+        return "none"
+    if is_recognizer_object(recognizer):
+        return str(getattr(recognizer, "embedding_model", type(recognizer).__name__))
+    return Path(recognizer.model_file).name
+
+
+def _embed_with_object(recognizer: Recognizer, crops: torch.Tensor) -> FloatArray:
+    """Raw embeddings ``(B, D)`` from a recogniser object, in chunks of :data:`RECOGNIZER_CHUNK`, as float32 numpy."""
+    size = int(recognizer.input_size)
+    if crops.ndim != 4 or tuple(crops.shape[1:]) != (3, size, size):
+        raise BadInputError(
+            f"the recogniser takes (B, 3, {size}, {size}) crops, got {tuple(crops.shape)}",
+            where=recognizer.embedding_model,
+            fix=f"align the faces with align_faces(..., {size}, {recognizer.template!r})",
+        )
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, crops.shape[0], RECOGNIZER_CHUNK):
+            part = crops[start : start + RECOGNIZER_CHUNK].to(device=recognizer.device, dtype=torch.float32)
+            outputs.append(recognizer.embed(part.clamp(0.0, 1.0)).detach().to("cpu", torch.float32))
+    vectors = torch.cat(outputs).reshape(crops.shape[0], -1).numpy() if outputs else np.zeros((0, 0), np.float32)
+    if not np.all(np.isfinite(vectors)):
+        bad = np.flatnonzero(~np.all(np.isfinite(vectors), axis=1)).tolist()
+        raise ModelIntegrityError(
+            f"the recogniser returned NaN or infinite embeddings for crops {bad} of {crops.shape[0]}",
+            where=recognizer.embedding_model,
+            fix="the model file is damaged: delete it and download it again",
+        )
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
 def _insightface_face(face: Face) -> Any:
     """insightface's own Face record (what its runners read and write) for one of our faces."""
     from insightface.app.common import Face as InsightFace
@@ -182,7 +233,7 @@ class FaceAnalyzer:
         *,
         backend: Backend,
         detector: Path,
-        recognizer: Path | None = None,
+        recognizer: Path | Recognizer | None = None,
         landmarks_106: Path | None = None,
         landmarks_3d68: Path | None = None,
         providers: Sequence[runtime.ProviderSpec] | None = None,
@@ -194,7 +245,10 @@ class FaceAnalyzer:
         scales pictures whose long side exceeds it down to it). ``det_threshold``: the lowest
         detection score kept. ``providers``: onnxruntime providers (short or full names),
         default the best available, CPU last. ``embedding_model``: the registry name of the
-        recogniser's embedding space, written into identities made from these faces."""
+        recogniser's embedding space, written into identities made from these faces.
+        ``recognizer`` is an ArcFace ``.onnx`` path, or any object of the recogniser interface
+        (:class:`Recognizer`, e.g. :class:`~facemagic_core.dlib_resnet.DlibRecognizer`), whose own
+        ``embedding_model`` is then used."""
         if backend not in BACKENDS:
             raise BadInputError(f"unknown analyzer backend {backend!r}", fix=f"use one of {', '.join(BACKENDS)}")
         requested = runtime.requested_providers(providers)
@@ -206,8 +260,14 @@ class FaceAnalyzer:
         else:
             yunet = _load_yunet(Path(detector), det_threshold)
         runners: dict[str, Any] = {}
+        recognizer_path: Path | None = None
+        if recognizer is not None and is_recognizer_object(recognizer):
+            runners["recognizer"] = recognizer
+            embedding_model = str(getattr(recognizer, "embedding_model", embedding_model))
+        elif recognizer is not None:
+            recognizer_path = Path(recognizer)  # type: ignore[arg-type]
         for role, path, tasks in (
-            ("recognizer", recognizer, ("recognition",)),
+            ("recognizer", recognizer_path, ("recognition",)),
             ("landmarks_106", landmarks_106, ("landmark_2d_106",)),
             ("landmarks_3d68", landmarks_3d68, ("landmark_3d_68",)),
         ):
@@ -263,7 +323,7 @@ class FaceAnalyzer:
                 where=str(getattr(detector, "model_file", "detector")),
                 fix="use an SCRFD model with keypoints (det_10g.onnx, scrfd_10g_bnkps.onnx)",
             )
-        if recognizer is not None:
+        if recognizer is not None and not is_recognizer_object(recognizer):
             width, height = recognizer.input_size
             if width != height:
                 raise ModelIntegrityError(
@@ -286,7 +346,7 @@ class FaceAnalyzer:
             "face analyzer ready: %s detector, landmarks %s, recogniser %s (%s)",
             backend,
             "+".join(name for name, runner in (("106", landmarks_106), ("3d68", landmarks_3d68)) if runner) or "5",
-            Path(recognizer.model_file).name if recognizer is not None else "none",
+            _recognizer_label(recognizer),
             embedding_model,
         )
 
@@ -380,12 +440,16 @@ class FaceAnalyzer:
     @property
     def recognizer_input_size(self) -> int | None:
         """Side of the aligned crop the recogniser takes (112 for ArcFace), or None without one."""
-        return int(self._recognizer.input_size[0]) if self._recognizer is not None else None
+        if self._recognizer is None:
+            return None
+        if is_recognizer_object(self._recognizer):
+            return int(self._recognizer.input_size)
+        return int(self._recognizer.input_size[0])
 
     def __repr__(self) -> str:
         parts = [f"backend={self.backend!r}", f"det_size={self.det_size}", f"det_threshold={self.det_threshold}"]
         if self._recognizer is not None:
-            parts.append(f"recognizer={Path(self._recognizer.model_file).name!r}")
+            parts.append(f"recognizer={_recognizer_label(self._recognizer)!r}")
         parts.append(f"embedding_model={self.embedding_model!r}")
         return f"FaceAnalyzer({', '.join(parts)})"
 
@@ -438,8 +502,9 @@ class FaceAnalyzer:
         """:meth:`embed_faces` for images already checked (each check reads every pixel once)."""
         if self._recognizer is None or not faces:
             return [*faces]
-        size = int(self._recognizer.input_size[0])
-        crops, _ = align_faces(images, faces, size, "arcface")
+        size = int(self.recognizer_input_size or 0)
+        template = str(getattr(self._recognizer, "template", "arcface"))
+        crops, _ = align_faces(images, faces, size, template)  # type: ignore[arg-type]
         vectors = self.forward_recognizer(crops)
         return [replace(face, embedding=vectors[i]) for i, face in enumerate(faces)]
 
@@ -453,6 +518,8 @@ class FaceAnalyzer:
         runner = self._recognizer
         if runner is None:
             raise ModelNotFoundError("this face analyzer has no recogniser", where=repr(self))
+        if is_recognizer_object(runner):
+            return _embed_with_object(runner, crops)
         size = int(runner.input_size[0])
         if crops.ndim != 4 or tuple(crops.shape[1:]) != (3, size, size):
             raise BadInputError(

@@ -58,7 +58,7 @@ MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 RepoType = Literal["model", "dataset"]
 ColourOrder = Literal["RGB", "BGR"]
 #: Alignment templates, as named by ``align.face_template``.
-Template = Literal["arcface", "ffhq"]
+Template = Literal["arcface", "ffhq", "dlib"]
 Verify = Literal["fast", "full"]
 VERIFY_MODES: tuple[str, ...] = get_args(Verify)
 
@@ -78,6 +78,9 @@ _HASH_CHUNK = 8 << 20
 
 INSIGHTFACE_LICENCE = "non-commercial research only (insightface pretrained models)"
 UNKNOWN_LICENCE = "unknown, check upstream"
+DLIB_LICENCE = "public domain (CC0, dlib's face recognition model): commercial use allowed"
+#: FaceMagic's own Hub repository for the permissive face models (a mirror; not yet published).
+FACEMAGIC_FACE_MODELS_REPO = "facemagic/face-models"
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,46 @@ MODELS: Mapping[str, ModelSpec] = _spec_table(
         embedding="raw 512-d output; normalise it",
         notes="insightface's w600k_r50 as hosted by facefusion (byte identity with buffalo_l/w600k_r50.onnx "
         f"unconfirmed); {_FACEFUSION_NOTE}",
+    ),
+    ModelSpec(
+        name="dlib_resnet_v1",
+        kind="recognizer",
+        repo_id=FACEMAGIC_FACE_MODELS_REPO,
+        filename="dlib_face_recognition_resnet_model_v1.dat",
+        licence=DLIB_LICENCE,
+        local_path="dlib_face_recognition_resnet_model_v1.dat",
+        input_size=150,
+        value_range=(0.0, 255.0),
+        colour_order="RGB",
+        template="dlib",
+        embedding="raw 128-d dlib descriptor; normalise it (dlib: Euclidean distance below 0.6 = same person)",
+        source_confirmed=False,
+        notes=(
+            "dlib's ResNet face recogniser, run in torch by FaceMagic (no dlib needed). The file is dlib's own "
+            "(dlib.net/files, github.com/davisking/dlib-models) and the one 'pip install face-recognition-models' "
+            "installs, which FaceMagic finds and uses without downloading; the Hub repository is FaceMagic's "
+            "mirror, not yet published. face-api's tfjs conversion (npm @vladmandic/face-api, "
+            "model/face_recognition_model*) loads too"
+        ),
+    ),
+    ModelSpec(
+        name="faceapi_landmark68",
+        kind="pack",
+        repo_id=FACEMAGIC_FACE_MODELS_REPO,
+        filename="faceapi",
+        pack_files=("face_landmark_68_model-weights_manifest.json", "face_landmark_68_model.bin"),
+        licence="MIT (face-api by Vladimir Mandic and Vincent Mühler)",
+        local_path="faceapi",
+        input_size=112,
+        value_range=(0.0, 255.0),
+        colour_order="RGB",
+        source_confirmed=False,
+        notes=(
+            "face-api's 68-point landmark network (tfjs, uint8-quantised), run in torch by FaceMagic: pose and "
+            "expression in 'facemagic eval', the landmark loss of training. The files are those of the npm "
+            "package @vladmandic/face-api 1.7 (folder model/); the Hub repository is FaceMagic's mirror, not yet "
+            "published"
+        ),
     ),
     ModelSpec(
         name="inswapper_128",
@@ -971,6 +1014,16 @@ def ensure_model(
         else:
             _download_single(spec, model_dir, lock, endpoint, progress)
     return target  # hashed while staged, checked against the Hub's size and ETag and the lock's pin
+
+
+def resolve_dlib_recognizer(model_dir: Path, *, offline: bool | None = None) -> Path:
+    """dlib's recogniser file: from the model folder, else from an installed ``face-recognition-models``
+    package (used in place, recorded in the lock file), else downloaded (:func:`ensure_model`)."""
+    from .dlib_resnet import installed_dat_file
+
+    installed = installed_dat_file()
+    search = [installed.parent] if installed is not None else []
+    return ensure_model("dlib_resnet_v1", model_dir, offline=offline, search_dirs=search)
 
 
 def model_status(model: str | ModelSpec, model_dir: Path) -> Literal["present", "partial", "missing"]:

@@ -68,6 +68,8 @@ def build_analyzer(
     if backend not in DETECTOR_BACKENDS:
         raise BadInputError(f"unknown detector {backend!r}", fix=f"use one of {', '.join(DETECTOR_BACKENDS)}")
     providers = onnx_providers(device)
+    if recognizer is not None and is_dlib_recognizer(recognizer):
+        return _analyzer_with_dlib(model_dir, backend, device, detector_model, recognizer, providers)
     if backend == "insightface":
         (pack,) = ensure_models(["buffalo_l"], model_dir)  # its landmark model is used with given files too
         if detector_model is None and recognizer is None:
@@ -88,6 +90,40 @@ def build_analyzer(
         recognizer=recognizer or found["arcface_w600k_r50"],
         providers=providers,
     )
+
+
+def is_dlib_recognizer(recognizer: Path | str) -> bool:
+    """``--recognizer dlib_resnet_v1``, a dlib ``.dat`` file or face-api's tfjs recogniser (manifest or folder)."""
+    path = Path(recognizer)
+    return (
+        str(recognizer) == "dlib_resnet_v1"
+        or path.suffix in (".dat", ".json")
+        or (path.is_dir() and (path / "face_recognition_model-weights_manifest.json").is_file())
+    )
+
+
+def _analyzer_with_dlib(
+    model_dir: Path, backend: str, device: str, detector_model: Path | None, recognizer: Path, providers: Any
+) -> FaceAnalyzer:
+    """An analyzer whose recogniser is dlib's ResNet in torch (public-domain weights, 128-d identities)."""
+    from ..analysis import FaceAnalyzer
+    from ..dlib_resnet import load_dlib_recognizer
+    from ..hub import resolve_dlib_recognizer
+    from ..runtime import resolve_device
+
+    path = resolve_dlib_recognizer(model_dir) if str(recognizer) == "dlib_resnet_v1" else Path(recognizer)
+    dlib = load_dlib_recognizer(path, device=resolve_device(device))
+    if backend == "insightface":
+        (pack,) = ensure_models(["buffalo_l"], model_dir)
+        return FaceAnalyzer(
+            backend="insightface",
+            detector=detector_model or pack / "det_10g.onnx",
+            recognizer=dlib,
+            landmarks_106=pack / "2d106det.onnx",
+            providers=providers,
+        )
+    detector = detector_model or ensure_models(["yunet"], model_dir)[0]
+    return FaceAnalyzer(backend="yunet", detector=detector, recognizer=dlib, providers=providers)
 
 
 def add_detector_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -111,7 +147,8 @@ def add_detector_options(parser: argparse.ArgumentParser | argparse._ArgumentGro
         "--recognizer",
         type=Path,
         metavar="FILE",
-        help="use this ArcFace recogniser .onnx (w600k_r50-compatible) instead of the registry's",
+        help="use this ArcFace recogniser .onnx (w600k_r50-compatible) instead of the registry's, or dlib_resnet_v1 "
+        "(dlib's ResNet: public-domain weights, 128-d identities; also a dlib .dat file or face-api's tfjs files)",
     )
 
 

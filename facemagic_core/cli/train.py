@@ -13,7 +13,7 @@ from . import identity as identity_command
 
 if TYPE_CHECKING:
     from ..training.config import TrainConfig
-    from ..training.teachers import LandmarkTeacher, RecognizerTeacher
+    from ..training.teachers import IdentityTeacher, LandmarkTeacherLike
 
 
 def register(subparsers: Any) -> None:
@@ -52,10 +52,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload the final checkpoint to this Hub repository")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     parser.add_argument(
-        "--recognizer", metavar="MODEL", help="identity teacher: registry name or .onnx (default: the config's)"
+        "--recognizer",
+        metavar="MODEL",
+        help="identity teacher: registry name (arcface_w600k_r50, dlib_resnet_v1) or .onnx (default: the config's)",
     )
     parser.add_argument(
-        "--landmarks", metavar="MODEL", help="landmark teacher: pack/file or .onnx (default: the config's)"
+        "--landmarks",
+        metavar="MODEL",
+        help="landmark teacher: faceapi_landmark68, pack/file or .onnx (default: the config's)",
     )
     add_model_options(parser)
     parser.set_defaults(handler=run_train)
@@ -82,21 +86,20 @@ def _load_config(args: argparse.Namespace) -> TrainConfig:
 
 def _teachers(
     config: TrainConfig, args: argparse.Namespace, device: Any
-) -> tuple[RecognizerTeacher | None, LandmarkTeacher | None]:
-    from ..training.teachers import load_landmark_model, load_recognizer, resolve_teacher_file
+) -> tuple[IdentityTeacher | None, LandmarkTeacherLike | None]:
+    from ..training.teachers import load_identity_teacher, load_landmark_teacher
 
     if args.distill_from and not config.distill.keep_identity_losses:
         return None, None
-    recognizer = landmarks = None
+    recognizer: IdentityTeacher | None = None
+    landmarks: LandmarkTeacherLike | None = None
     weights = config.losses
     recognizer_name = args.recognizer or config.recognizer_model
     if (weights.identity > 0 or weights.relative_identity > 0) and recognizer_name:
-        path = resolve_teacher_file(recognizer_name, Path(args.models))
-        recognizer = load_recognizer(path, device=device, name=recognizer_name)
+        recognizer = load_identity_teacher(recognizer_name, Path(args.models), device=device)
     landmark_name = args.landmarks or config.landmark_model
     if weights.landmark > 0 and landmark_name:
-        path = resolve_teacher_file(landmark_name, Path(args.models))
-        landmarks = load_landmark_model(path, device=device, name=landmark_name)
+        landmarks = load_landmark_teacher(landmark_name, Path(args.models), device=device)
     return recognizer, landmarks
 
 

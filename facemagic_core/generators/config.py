@@ -34,6 +34,12 @@ TEMPLATES: tuple[str, ...] = get_args(TemplateName)
 ValueRange = Literal["zero_one", "minus_one_one"]
 VALUE_RANGES: tuple[str, ...] = get_args(ValueRange)
 
+#: How a Style Mix Block injects the identity: ``"increment"`` adds the style *delta* from the target's own
+#: identity to the source's (DESIGN.md; neutral for the same person), ``"replace"`` is plain AdaIN, which
+#: normalises the features and imposes the source's style outright (the ablation baseline).
+Injection = Literal["increment", "replace"]
+INJECTIONS: tuple[str, ...] = get_args(Injection)
+
 #: Version of the config.json layout written by :meth:`GeneratorConfig.to_dict`.
 CONFIG_FORMAT_VERSION = 1
 
@@ -64,12 +70,15 @@ class GeneratorConfig:
     norm_eps: float = 1e-5  # epsilon of the feature statistics (inswapper: 1e-8 inside the square root of the RMS)
     negative_slope: float = 0.2  # slope of the LeakyReLU activations
     latent_renormalize: bool = True  # inswapper: re-normalise normalize(e) @ emap (insightface does, facefusion not)
+    injection: Injection = "increment"  # facemagic: style increment (default) or plain AdaIN replacement (ablation)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
             raise _invalid(f"unknown generator arch {self.arch!r}", f"use one of {', '.join(ARCHES)}")
         if self.template not in TEMPLATES:
             raise _invalid(f"unknown alignment template {self.template!r}", f"use one of {', '.join(TEMPLATES)}")
+        if self.injection not in INJECTIONS:
+            raise _invalid(f"unknown injection {self.injection!r}", f"use one of {', '.join(INJECTIONS)}")
         if self.value_range not in VALUE_RANGES:
             raise _invalid(f"unknown value range {self.value_range!r}", f"use one of {', '.join(VALUE_RANGES)}")
         object.__setattr__(self, "blocks_per_scale", tuple(int(n) for n in self.blocks_per_scale))

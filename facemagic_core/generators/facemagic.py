@@ -123,15 +123,33 @@ class StyleMixBlock(nn.Module):
         self.refine1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, **kw) if cfg.refine else None
         self.refine2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, **kw) if cfg.refine else None
         self.slope = cfg.negative_slope
+        self.replace = cfg.injection == "replace"
+        self.eps = cfg.norm_eps
 
     def forward(self, h: Tensor, source: Tensor, target: Tensor, strength: Tensor) -> Tensor:
         """``source``/``target``: (B, D) identities; ``strength``: (B,) weight ``w_l``."""
+        if self.replace:
+            return self._forward_replace(h, source, target, strength)
         delta = (self.style(source) - self.style(target)) * strength.to(h.dtype).unsqueeze(1)
         # same person: force the delta to exact zero whatever the matmul kernels did with the two calls
         delta = delta.masked_fill((source == target).all(dim=1, keepdim=True), 0.0)
         mu_diff, log_sigma_diff = delta[:, :, None, None].chunk(2, dim=1)
         mean = h.mean(dim=(2, 3), keepdim=True)
         increment = (torch.exp(log_sigma_diff) - 1) * (h - mean) + mu_diff
+        return self._finish(h, increment)
+
+    def _forward_replace(self, h: Tensor, source: Tensor, target: Tensor, strength: Tensor) -> Tensor:
+        """Plain AdaIN (the ablation baseline, ``cfg.injection == "replace"``): the features are normalised and
+        take the style of the effective identity, ``normalize(lerp(G_tgt, G_src, w))``, outright; never neutral."""
+        identity = effective_identity(source[:, None], target, strength[:, None])[:, 0]
+        mu_style, log_sigma_style = self.style(identity)[:, :, None, None].chunk(2, dim=1)
+        mean = h.mean(dim=(2, 3), keepdim=True)
+        std = (h.var(dim=(2, 3), keepdim=True, unbiased=False) + self.eps).sqrt()
+        replaced = torch.exp(log_sigma_style) * (h - mean) / std + mu_style
+        return self._finish(h, replaced - h)
+
+    def _finish(self, h: Tensor, increment: Tensor) -> Tensor:
+        """``h + d + refine(d)`` for the increment ``d`` (see the class docstring)."""
         if self.refine1 is not None and self.refine2 is not None:
             increment = increment + self.refine2(F.leaky_relu(self.refine1(increment), self.slope))
         out: Tensor = h + increment

@@ -12,6 +12,11 @@ whose first nodes are named ``Sub``/``Mul`` (``_minus``/``_mul`` in mxnet export
 itself (mean 0, std 1) and the others get 127.5 / 127.5 (recognisers) or 127.5 / 128
 (landmark models).
 
+The same losses also take the permissively licensed torch teachers: dlib's ResNet recogniser
+(:class:`~facemagic_core.dlib_resnet.DlibRecognizer`, ``dlib_resnet_v1``) and face-api's 68-point
+landmark network (:class:`~facemagic_core.landmarks68.Landmarker68`, ``faceapi_landmark68``);
+:func:`load_identity_teacher` and :func:`load_landmark_teacher` pick the right one by name.
+
 Teachers take crops of the *generator*: :meth:`RecognizerTeacher.embed_crops` and
 :meth:`LandmarkTeacher.locate_crops` warp a ``(B, 3, S, S)`` crop aligned with the
 generator's template to the teacher's own framing (antialiased when it shrinks), in torch.
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Protocol, Self, TypeVar
 
 import numpy as np
 import onnx
@@ -43,6 +48,22 @@ CONVERSION_TOLERANCE = 1e-3
 LANDMARK_FRAMING = 1.5
 #: Below this scale a crop is first shrunk with an antialiased resize before the affine warp.
 ANTIALIAS_BELOW = 0.75
+
+
+class IdentityTeacher(Protocol):
+    """What the identity losses need: L2-normalised embeddings of generator crops, differentiably."""
+
+    def embed_crops(self, crops: Tensor, *, template: str) -> Tensor: ...
+
+    def to(self, device: torch.device) -> IdentityTeacher: ...
+
+
+class LandmarkTeacherLike(Protocol):
+    """What the landmark loss needs: landmarks of generator crops in a fixed unit, differentiably."""
+
+    def locate_crops(self, crops: Tensor, *, template: str) -> Tensor: ...
+
+    def to(self, device: torch.device) -> LandmarkTeacherLike: ...
 
 
 def _normalises_itself(model: onnx.ModelProto) -> bool:
@@ -283,12 +304,50 @@ def resolve_teacher_file(name_or_path: str, model_dir: Path) -> Path:
     )
 
 
+#: Teacher names that are torch models of their own, not ONNX files.
+TORCH_RECOGNIZERS = ("dlib_resnet_v1",)
+TORCH_LANDMARK_MODELS = ("faceapi_landmark68",)
+
+
+def load_identity_teacher(name_or_path: str, model_dir: Path, *, device: torch.device | str = "cpu") -> IdentityTeacher:
+    """The identity teacher ``name_or_path``: ``dlib_resnet_v1`` (or a dlib ``.dat`` / tfjs manifest), else an
+    ONNX recogniser (registry name, pack/file or path) converted and checked by :func:`load_recognizer`."""
+    from ..dlib_resnet import load_dlib_recognizer
+
+    candidate = Path(name_or_path).expanduser()
+    if name_or_path in TORCH_RECOGNIZERS or candidate.suffix in (".dat", ".json"):
+        from ..hub import resolve_dlib_recognizer
+
+        path = candidate if candidate.suffix in (".dat", ".json") else resolve_dlib_recognizer(model_dir)
+        return load_dlib_recognizer(path, device=device)
+    return load_recognizer(resolve_teacher_file(name_or_path, model_dir), device=device, name=name_or_path)
+
+
+def load_landmark_teacher(
+    name_or_path: str, model_dir: Path, *, device: torch.device | str = "cpu"
+) -> LandmarkTeacherLike:
+    """The landmark teacher: ``faceapi_landmark68`` (or a tfjs manifest / its folder), else an ONNX landmark model."""
+    from ..landmarks68 import Landmarker68
+
+    candidate = Path(name_or_path).expanduser()
+    if name_or_path in TORCH_LANDMARK_MODELS or candidate.suffix == ".json":
+        from ..hub import ensure_model
+
+        path = candidate if candidate.suffix == ".json" else ensure_model("faceapi_landmark68", model_dir)
+        return Landmarker68.from_file(path, device=device)
+    return load_landmark_model(resolve_teacher_file(name_or_path, model_dir), device=device, name=name_or_path)
+
+
 __all__ = [
     "EMBEDDING_DIM",
+    "IdentityTeacher",
     "LandmarkTeacher",
+    "LandmarkTeacherLike",
     "OnnxTeacher",
     "RecognizerTeacher",
+    "load_identity_teacher",
     "load_landmark_model",
+    "load_landmark_teacher",
     "load_recognizer",
     "resolve_teacher_file",
     "warp_for_teacher",

@@ -56,7 +56,7 @@ from .data import FaceCache, PairIndices, PairSampler, TrainingBatch, load_batch
 from .discriminator import MultiScaleDiscriminator, logits_of
 from .distill import DistillTeacher
 from .interrupt import DeferredInterrupt
-from .teachers import LandmarkTeacher, RecognizerTeacher
+from .teachers import IdentityTeacher, LandmarkTeacherLike
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ class Trainer:
         cache: FaceCache,
         run_dir: str | Path,
         *,
-        recognizer: RecognizerTeacher | None = None,
-        landmarks: LandmarkTeacher | None = None,
+        recognizer: IdentityTeacher | None = None,
+        landmarks: LandmarkTeacherLike | None = None,
         distill_from: SwapModel | None = None,
         device: str | torch.device | None = "auto",
         resume: bool = False,
