@@ -460,7 +460,7 @@ def measure_similarity(
             continue
         value = float(face_similarities(chosen[:1], reference)[0])
         values.append(value)
-        lines.append(f"image {number + 1}: {value:.3f} ({describe_similarity(value)})")
+        lines.append(f"image {number + 1}: {value:.3f} ({describe_similarity(value, analyzer.embedding_model)})")
     found = [value for value in values if value is not None]
     summary = (
         f"mean similarity {sum(found) / len(found):.3f} over {len(found)} of {len(values)} image(s)"

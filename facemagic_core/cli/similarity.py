@@ -13,11 +13,13 @@ from ..identity import (
     DIFFERENT_PEOPLE_THRESHOLD,
     IDENTITY_SUFFIX,
     SAME_PERSON_THRESHOLD,
+    SIMILARITY_THRESHOLDS,
     THRESHOLD_MODEL,
     choose_source_faces,
     cosine_similarity,
     describe_similarity,
     load_identity,
+    similarity_thresholds,
 )
 from ..images import load_image
 from ..types import FloatArray, Identity
@@ -111,12 +113,15 @@ def run_similarity(args: argparse.Namespace) -> int:
     print(f"A = {labels[0]}")
     print(f"B = {labels[1]}")
     print(f"similarity: {value:.4f}")
-    print(f"verdict: {describe_similarity(value)}")
+    model = model or THRESHOLD_MODEL
+    print(f"verdict: {describe_similarity(value, model)}")
+    known = model in SIMILARITY_THRESHOLDS
+    same, different = similarity_thresholds(model)
     rule = (
-        f"(rule of thumb for {THRESHOLD_MODEL}: above about {SAME_PERSON_THRESHOLD} usually the same person, "
-        f"below about {DIFFERENT_PEOPLE_THRESHOLD} usually different people)"
+        f"(rule of thumb for {model if known else THRESHOLD_MODEL}: above about {same} usually the same person, "
+        f"below about {different} usually different people)"
     )
-    if model != THRESHOLD_MODEL:
+    if not known:
         rule += f"; these embeddings come from {model}, for which the rule may not hold"
     print(rule)
     return 0
