@@ -62,7 +62,7 @@ PACK_EMBEDDING_MODELS = {
     "w600k_mbf": "arcface_w600k_mbf",
 }
 #: Files of a pack folder that are not analysis models and are never loaded by from_pack.
-_PACK_SKIP_PREFIXES = ("inswapper", "genderage")
+_PACK_SKIP_PREFIXES = ("inswapper",)
 
 _PACK_HELP = (
     "put an insightface pack there, e.g. buffalo_l (det_10g.onnx, 2d106det.onnx, 1k3d68.onnx, w600k_r50.onnx) "
@@ -236,6 +236,7 @@ class FaceAnalyzer:
         recognizer: Path | Recognizer | None = None,
         landmarks_106: Path | None = None,
         landmarks_3d68: Path | None = None,
+        genderage: Path | None = None,
         providers: Sequence[runtime.ProviderSpec] | None = None,
         det_size: int = 640,
         det_threshold: float = 0.5,
@@ -270,9 +271,12 @@ class FaceAnalyzer:
             ("recognizer", recognizer_path, ("recognition",)),
             ("landmarks_106", landmarks_106, ("landmark_2d_106",)),
             ("landmarks_3d68", landmarks_3d68, ("landmark_3d_68",)),
+            ("genderage", genderage, ("genderage",)),
         ):
             if path is not None:
-                label = {"recognizer": "face recogniser"}.get(role, f"{role.replace('_', ' ')} model")
+                label = {"recognizer": "face recogniser", "genderage": "gender/age model"}.get(
+                    role, f"{role.replace('_', ' ')} model"
+                )
                 runners[role] = _load_insightface_runner(Path(path), label, requested)
                 _check_role(runners[role], Path(path), label, tasks)
         self._setup(
@@ -283,6 +287,7 @@ class FaceAnalyzer:
             recognizer=runners.get("recognizer"),
             landmarks_106=runners.get("landmarks_106"),
             landmarks_3d68=runners.get("landmarks_3d68"),
+            genderage=runners.get("genderage"),
             det_size=det_size,
             det_threshold=det_threshold,
             embedding_model=embedding_model,
@@ -298,6 +303,7 @@ class FaceAnalyzer:
         recognizer: Any,
         landmarks_106: Any,
         landmarks_3d68: Any,
+        genderage: Any,
         det_size: int,
         det_threshold: float,
         embedding_model: str,
@@ -340,12 +346,14 @@ class FaceAnalyzer:
         self._recognizer = recognizer
         self._landmarks_106 = landmarks_106
         self._landmarks_3d68 = landmarks_3d68
+        self._genderage = genderage
         if detector is not None:
             detector.prepare(0, input_size=(self.det_size, self.det_size), det_thresh=self.det_threshold)
         logger.info(
-            "face analyzer ready: %s detector, landmarks %s, recogniser %s (%s)",
+            "face analyzer ready: %s detector, landmarks %s, gender/age %s, recogniser %s (%s)",
             backend,
             "+".join(name for name, runner in (("106", landmarks_106), ("3d68", landmarks_3d68)) if runner) or "5",
+            "yes" if genderage is not None else "no",
             _recognizer_label(recognizer),
             embedding_model,
         )
@@ -364,8 +372,8 @@ class FaceAnalyzer:
 
         Every ``.onnx`` file of the folder is routed by insightface's ``get_model`` (by its
         input/output shapes, so file names do not matter); the detector, the 106-point and
-        68-point landmark models and the recogniser are kept, attribute models (genderage)
-        and swappers are skipped. ``embedding_model`` defaults to the registry name matching
+        68-point landmark models, the genderage model and the recogniser are kept, swappers
+        are skipped. ``embedding_model`` defaults to the registry name matching
         the recogniser's file name (w600k_r50 -> arcface_w600k_r50).
         """
         folder = Path(pack_dir)
@@ -387,6 +395,7 @@ class FaceAnalyzer:
                 "recognition": "recognizer",
                 "landmark_2d_106": "landmarks_106",
                 "landmark_3d_68": "landmarks_3d68",
+                "genderage": "genderage",
             }.get(task)
             if role is None:
                 logger.debug("pack %s: %s is a %s model; not used", folder.name, path.name, task)
@@ -420,6 +429,7 @@ class FaceAnalyzer:
             recognizer=recognizer[1] if recognizer else None,
             landmarks_106=roles.get("landmarks_106", (None, None))[1],
             landmarks_3d68=roles.get("landmarks_3d68", (None, None))[1],
+            genderage=roles.get("genderage", (None, None))[1],
             det_size=det_size,
             det_threshold=det_threshold,
             embedding_model=embedding_model,
@@ -436,6 +446,11 @@ class FaceAnalyzer:
     @property
     def has_dense_landmarks(self) -> bool:
         return self._landmarks_106 is not None or self._landmarks_3d68 is not None
+
+    @property
+    def has_genderage(self) -> bool:
+        """Whether faces get a ``gender`` and an ``age`` (the pack's genderage model is loaded)."""
+        return self._genderage is not None
 
     @property
     def recognizer_input_size(self) -> int | None:
@@ -464,10 +479,12 @@ class FaceAnalyzer:
         check_images(images, where="images to analyse")
         return [self._detect_image(tensor_to_bgr_uint8(images[index]), index) for index in range(images.shape[0])]
 
-    def analyze(self, images: torch.Tensor, *, landmarks: bool = True, embeddings: bool = True) -> list[list[Face]]:
+    def analyze(
+        self, images: torch.Tensor, *, landmarks: bool = True, embeddings: bool = True, attributes: bool = True
+    ) -> list[list[Face]]:
         """:meth:`detect_faces`, then dense landmarks and pose (when the analyzer has those models
-        and ``landmarks``), then embeddings of all faces in one batched call (when it has a
-        recogniser and ``embeddings``)."""
+        and ``landmarks``), gender and age (when it has a genderage model and ``attributes``), then
+        embeddings of all faces in one batched call (when it has a recogniser and ``embeddings``)."""
         check_images(images, where="images to analyse")
         per_image: list[list[Face]] = []
         for index in range(images.shape[0]):
@@ -475,6 +492,8 @@ class FaceAnalyzer:
             faces = self._detect_image(bgr, index)
             if landmarks and self.has_dense_landmarks:
                 faces = [self._add_landmarks(bgr, face) for face in faces]
+            if attributes and self._genderage is not None:
+                faces = [self._add_gender_age(bgr, face) for face in faces]
             per_image.append(faces)
         if embeddings and self._recognizer is not None:
             flat = [face for faces in per_image for face in faces]
@@ -615,6 +634,11 @@ class FaceAnalyzer:
         return replace(
             face, landmarks=np.ascontiguousarray(landmarks) if landmarks is not None else face.landmarks, pose=pose
         )
+
+    def _add_gender_age(self, bgr: np.ndarray, face: Face) -> Face:
+        """``gender`` and ``age`` from the genderage model (insightface: class 0 female, 1 male; age x 100)."""
+        gender, age = self._genderage.get(bgr, _insightface_face(face))
+        return replace(face, gender="male" if int(gender) == 1 else "female", age=int(age))
 
 
 # ---------------------------------------------------------------------------------------------

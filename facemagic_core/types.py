@@ -36,6 +36,10 @@ FaceOrder = Literal[
 ]
 FACE_ORDERS: tuple[str, ...] = get_args(FaceOrder)
 
+#: A face's gender as a genderage model reads it (insightface's class 0 is female, 1 male).
+Gender = Literal["female", "male"]
+GENDERS: tuple[str, ...] = get_args(Gender)
+
 
 @dataclass(frozen=True, eq=False)
 class Face:
@@ -48,6 +52,8 @@ class Face:
     landmarks: FloatArray | None = None  # (106, 2) or (68, 2) dense landmarks, when the analyzer has a model for them
     pose: tuple[float, float, float] | None = None  # yaw, pitch, roll in degrees
     embedding: FloatArray | None = None  # (EMBEDDING_DIM,) raw recogniser output, not normalised
+    gender: Gender | None = None  # what the analyzer's genderage model reads, when it has one
+    age: int | None = None  # years, the genderage model's estimate (rounded as insightface rounds it)
 
     @property
     def width(self) -> float:

@@ -107,6 +107,26 @@ def test_analyze_adds_landmarks_pose_and_embeddings(analyzer: FaceAnalyzer, cell
     assert all(face.landmarks is None and face.pose is None and face.embedding is None for face in bare)
 
 
+def test_gender_and_age_are_insightfaces_reading_of_the_genderage_model(
+    analyzer: FaceAnalyzer, pack: Path, cells: torch.Tensor
+) -> None:
+    from insightface.app.common import Face as InsightFace
+
+    assert analyzer.has_genderage
+    faces = analyzer.analyze(cells[:1], landmarks=False, embeddings=False)[0]
+    runner = _insightface_runner(pack / "genderage.onnx")
+    for face in faces:
+        record = InsightFace(bbox=face.bbox, kps=face.landmarks_5, det_score=face.score)
+        gender, age = runner.get(tensor_to_bgr_uint8(cells[0]), record)
+        assert face.gender == ("male" if gender == 1 else "female")
+        assert face.age == age and isinstance(face.age, int)
+    bare = analyzer.analyze(cells[:1], attributes=False)[0]
+    assert all(face.gender is None and face.age is None for face in bare)
+    without = FaceAnalyzer(backend="insightface", detector=pack / "det_10g.onnx", providers=CPU)
+    assert not without.has_genderage
+    assert all(face.gender is None for face in without.analyze(cells[:1])[0])
+
+
 def test_68_point_landmarks_when_only_1k3d68_is_given(pack: Path, cells: torch.Tensor) -> None:
     analyzer = FaceAnalyzer(
         backend="insightface", detector=pack / "det_10g.onnx", landmarks_3d68=pack / "1k3d68.onnx", providers=CPU
