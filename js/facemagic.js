@@ -1,14 +1,28 @@
-// FaceMagic frontend extension: identity inputs that grow on the mix node, and results
-// (similarity, pose check, saved identity, swap summary) shown on the node after a run.
+// FaceMagic frontend extension: identity inputs that grow on the mix node, widget labels from the
+// inputs' display names, and results (similarity, pose check, saved identity, swap summary) shown on
+// the node after a run.
+//
+// Only the public extension API is used: app.registerExtension, node.addInput/removeInput,
+// node.isInputConnected (not the deprecated input.link), node.addDOMWidget (not the internal
+// scripts/widgets.js) and widget.element (not the deprecated widget.inputEl).
 import { app } from "../../scripts/app.js";
-import { ComfyWidgets } from "../../scripts/widgets.js";
-import { IDENTITY_TYPE, RESULT_NODES, planIdentitySlots, resultText } from "./facemagic_logic.js";
+import {
+  IDENTITY_TYPE,
+  RESULT_NODES,
+  RESULT_WIDGET,
+  planIdentitySlots,
+  resultText,
+  widgetLabels,
+} from "./facemagic_logic.js";
 
-const RESULT_WIDGET = "facemagic_result";
+/** The node's inputs as {name, connected}, in slot order. */
+function inputSlots(node) {
+  return node.inputs.map((input, slot) => ({ name: input.name, connected: Boolean(node.isInputConnected(slot)) }));
+}
 
 function syncIdentityInputs(node, { removeFree }) {
   if (!node.inputs) return;
-  const plan = planIdentitySlots(node.inputs.map((input) => ({ name: input.name, link: input.link })));
+  const plan = planIdentitySlots(inputSlots(node));
   if (removeFree) {
     for (const slot of plan.remove) node.removeInput(slot);
   }
@@ -16,13 +30,33 @@ function syncIdentityInputs(node, { removeFree }) {
   node.setDirtyCanvas?.(true, true);
 }
 
+/** Give widgets their input's display name where the frontend shows the input id ("face_index"). */
+function labelWidgets(node, labels) {
+  for (const widget of node.widgets ?? []) {
+    const label = labels.get(widget.name);
+    if (label && !widget.label) widget.label = label;
+  }
+}
+
 function resultWidget(node) {
   let widget = node.widgets?.find((w) => w.name === RESULT_WIDGET);
   if (!widget) {
-    widget = ComfyWidgets.STRING(node, RESULT_WIDGET, ["STRING", { multiline: true }], app).widget;
-    if (widget.inputEl) widget.inputEl.readOnly = true;
-    if (widget.element) widget.element.readOnly = true;
-    widget.serialize = false; // a display, not a setting: never saved in the workflow or sent to the server
+    const box = document.createElement("textarea");
+    box.className = "comfy-multiline-input";
+    box.readOnly = true;
+    box.spellcheck = false;
+    box.placeholder = "result of the last run";
+    // A display, not a setting: options.serialize = false keeps it out of the prompt (graphToPrompt reads
+    // widget.options.serialize; were it sent, its new text would make the server run the node again), and
+    // widget.serialize = false keeps it out of the saved workflow's widgets_values.
+    widget = node.addDOMWidget(RESULT_WIDGET, "facemagic_result", box, {
+      serialize: false,
+      getValue: () => box.value,
+      setValue: (value) => {
+        box.value = typeof value === "string" ? value : "";
+      },
+    });
+    widget.serialize = false;
   }
   return widget;
 }
@@ -31,6 +65,16 @@ app.registerExtension({
   name: "FaceMagic.Nodes",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.name?.startsWith("FaceMagic")) return;
+
+    const labels = widgetLabels(nodeData);
+    if (labels.size) {
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const result = onNodeCreated?.apply(this, arguments);
+        labelWidgets(this, labels);
+        return result;
+      };
+    }
 
     if (nodeData.name === "FaceMagicMixIdentities") {
       const onNodeCreated = nodeType.prototype.onNodeCreated;
@@ -46,9 +90,9 @@ app.registerExtension({
         return result;
       };
       const onConnectionsChange = nodeType.prototype.onConnectionsChange;
-      nodeType.prototype.onConnectionsChange = function (type, slot, connected, link, ioSlot) {
+      nodeType.prototype.onConnectionsChange = function (type) {
         const result = onConnectionsChange?.apply(this, arguments);
-        if (type === 1 /* LiteGraph.INPUT */ && !this.configuring) {
+        if (type === 1 /* LiteGraph.INPUT */) {
           // after the frontend finished this connection change
           setTimeout(() => syncIdentityInputs(this, { removeFree: true }), 0);
         }

@@ -10,6 +10,8 @@ export const IDENTITY_TYPE = "FACEMAGIC_IDENTITY";
 /** ArcFace w600k_r50 rules of thumb (facemagic_core.cli.similarity). */
 export const SAME_PERSON = 0.4;
 export const DIFFERENT_PEOPLE = 0.2;
+/** Name of the read-only text box that shows a node's result (never saved, never sent to the server). */
+export const RESULT_WIDGET = "facemagic_result";
 
 /** The number of an identity input ("identity_3" -> 3), or null for other inputs. */
 export function identityNumber(name) {
@@ -23,7 +25,7 @@ export function identityNumber(name) {
 /**
  * Which identity inputs the mix node should show: every one up to the last connected, plus one
  * free input after it (none after the last possible one). At least identity_1.
- * `inputs` are the node's inputs in slot order, each {name, link} (link null when free).
+ * `inputs` are the node's inputs in slot order, each {name, connected}.
  * Returns {add: [names to add, in order], remove: [slot indices to remove, highest first]}.
  */
 export function planIdentitySlots(inputs) {
@@ -33,7 +35,7 @@ export function planIdentitySlots(inputs) {
     const number = identityNumber(input?.name);
     if (number === null) return;
     present.set(number, slot);
-    if (input.link !== null && input.link !== undefined) lastConnected = Math.max(lastConnected, number);
+    if (input.connected) lastConnected = Math.max(lastConnected, number);
   });
   const wanted = Math.min(Math.max(lastConnected + 1, 1), MAX_IDENTITIES);
   const add = [];
@@ -42,10 +44,28 @@ export function planIdentitySlots(inputs) {
   }
   const remove = [];
   for (const [number, slot] of present) {
-    if (number > wanted && (inputs[slot].link === null || inputs[slot].link === undefined)) remove.push(slot);
+    if (number > wanted && !inputs[slot].connected) remove.push(slot);
   }
   remove.sort((a, b) => b - a);
   return { add, remove };
+}
+
+/**
+ * Widget labels from a node definition (/object_info entry): input name -> display name, for the
+ * inputs whose display name differs from their name. Frontends that label widgets by input id
+ * ("face_index") then show "face index" as the node's schema says.
+ */
+export function widgetLabels(nodeData) {
+  const labels = new Map();
+  for (const group of ["required", "optional"]) {
+    const inputs = nodeData?.input?.[group];
+    if (!inputs || typeof inputs !== "object") continue;
+    for (const [name, spec] of Object.entries(inputs)) {
+      const label = Array.isArray(spec) ? spec[1]?.display_name : undefined;
+      if (typeof label === "string" && label && label !== name) labels.set(name, label);
+    }
+  }
+  return labels;
 }
 
 /** A plain-words verdict for a similarity value (same rule of thumb as the Python side). */
@@ -65,21 +85,22 @@ export function poseSummary(pose) {
 }
 
 /**
- * The text to show on a FaceMagic node after it ran, from ComfyUI's "executed" message
- * ({facemagic_text: [...], facemagic_similarity: [...], facemagic_pose: [...]}), or "" when
- * the message has nothing of ours.
+ * The text to show on a FaceMagic node after it ran, from ComfyUI's "executed" message, or "" when
+ * the message has nothing of ours. The message holds the report as `text` (what V3's
+ * ui.PreviewText sends), and the measurements as `facemagic_similarity: [mean]` (absent or empty
+ * when no face was measured) and `facemagic_pose: [{faces, failed}]`.
  */
 export function resultText(message) {
   if (!message || typeof message !== "object") return "";
   const lines = [];
-  const similarity = message.facemagic_similarity?.[0];
-  if (typeof similarity === "number") {
+  const similarity = Array.isArray(message.facemagic_similarity) ? message.facemagic_similarity[0] : undefined;
+  if (typeof similarity === "number" && Number.isFinite(similarity)) {
     lines.push(`similarity ${similarity.toFixed(3)}: ${similarityVerdict(similarity).words}`);
   }
-  const pose = message.facemagic_pose?.[0];
+  const pose = Array.isArray(message.facemagic_pose) ? message.facemagic_pose[0] : undefined;
   const summary = poseSummary(pose);
   if (summary) lines.push(summary);
-  const texts = Array.isArray(message.facemagic_text) ? message.facemagic_text.filter((t) => typeof t === "string") : [];
+  const texts = Array.isArray(message.text) ? message.text.filter((t) => typeof t === "string") : [];
   if (texts.length) {
     if (lines.length) lines.push("");
     lines.push(...texts);

@@ -14,6 +14,8 @@ A change of ComfyUI's API is one edit in this file. What is used, and since when
   ``InterruptProcessingException``.
 - ``comfy.model_patcher.ModelPatcher`` (``model, load_device, offload_device``).
 - ``comfy.utils.ProgressBar`` (``total, node_id``; ``update_absolute(value, total)``).
+- ``comfy_api.latest.ui.PreviewText`` (0.3.6x): a node's report goes to the frontend as ``{"text": [report]}``,
+  the key ComfyUI's own text outputs use; built by hand where ``ui`` is missing.
 
 Newer ComfyUI releases also offer ``io.Autogrow`` (inputs that multiply as they are
 connected). FaceMagic does not use it: its input names differ from plain inputs, so one
@@ -33,6 +35,11 @@ import folder_paths
 import torch
 from comfy_api.latest import ComfyExtension, io
 
+try:  # comfy_api.latest.ui: ComfyUI 0.3.5x and later
+    from comfy_api.latest import ui as comfy_ui
+except ImportError:  # pragma: no cover - older ComfyUI
+    comfy_ui = None
+
 __all__ = [
     "ComfyExtension",
     "InterruptProcessingException",
@@ -43,6 +50,7 @@ __all__ = [
     "new_model_patcher",
     "new_progress_bar",
     "offload_device",
+    "text_ui",
     "throw_if_interrupted",
 ]
 
@@ -84,3 +92,14 @@ def throw_if_interrupted() -> None:
 def new_progress_bar(total: int, node_id: str | None) -> Any:
     """ComfyUI's progress bar for the node ``node_id`` (the running node when None)."""
     return comfy_utils.ProgressBar(total, node_id=node_id)
+
+
+def text_ui(text: str, **measurements: list[Any]) -> dict[str, Any]:
+    """The ``ui`` of a node that reports ``text`` (and ``measurements``, as ``facemagic_<name>`` lists).
+
+    ``{"text": [text]}`` is what ``ui.PreviewText`` sends; the pack's frontend extension shows it on the node.
+    """
+    preview = getattr(comfy_ui, "PreviewText", None)
+    shown: dict[str, Any] = dict(preview(text).as_dict()) if preview is not None else {"text": (text,)}
+    shown["text"] = list(shown["text"])
+    return shown | {f"facemagic_{name}": list(values) for name, values in measurements.items()}

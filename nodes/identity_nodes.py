@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from facemagic_core.identity import (
 )
 from facemagic_core.types import FACE_ORDERS, Face, Identity, ProgressCallback
 
-from ._comfy import io
+from ._comfy import io, text_ui
 from .common import (
     CATEGORY,
     analyzer_input,
@@ -358,7 +357,7 @@ class FaceMagicSaveIdentity(io.ComfyNode):
             ) from error
         message = f"saved {describe_identity(identity)} to {path}"
         logger.info("FaceMagic: %s", message)
-        return io.NodeOutput(identity, ui={"facemagic_text": [message]})
+        return io.NodeOutput(identity, ui=text_ui(message))
 
 
 class FaceMagicLoadIdentity(io.ComfyNode):
@@ -517,8 +516,8 @@ class FaceMagicFaceSimilarity(io.ComfyNode):
             )
         found = [value for value in values if value is not None]
         mean = float(sum(found) / len(found)) if found else 0.0
-        ui: dict[str, Any] = {"facemagic_text": [report], "facemagic_similarity": [mean]}
-        return io.NodeOutput(mean, report, ui=ui)
+        # no measurement, no number on the canvas: a 0 there reads "likely different people"
+        return io.NodeOutput(mean, report, ui=text_ui(report, similarity=[mean] if found else []))
 
 
 NODES: list[type[io.ComfyNode]] = [

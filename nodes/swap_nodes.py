@@ -40,7 +40,7 @@ from facemagic_core.pipeline import (
 from facemagic_core.pose import FAILURE_POLICIES, PoseReport, PoseThresholds, draw_pose_overlay, format_pose_report
 from facemagic_core.types import Identity
 
-from ._comfy import io
+from ._comfy import io, text_ui
 from .common import (
     CATEGORY,
     analyzer_input,
@@ -445,7 +445,7 @@ class FaceMagicPoseCheck(io.ComfyNode):
         report = pose_report_text(data)
         failed = sum(not report.passed for report in data.pose_reports())
         logger.info("FaceMagic pose check: %d of %d face(s) failed", failed, data.num_faces)
-        ui = {"facemagic_text": [report], "facemagic_pose": [{"faces": data.num_faces, "failed": failed}]}
+        ui = text_ui(report, pose=[{"faces": data.num_faces, "failed": failed}])
         return io.NodeOutput(data, report, debug, ui=ui)
 
 
@@ -654,7 +654,7 @@ class FaceMagicSwapFaces(io.ComfyNode):
             lines.append(format_pose_report(result.pose_reports) if result.pose_reports else "pose check: no faces")
         report = "\n".join(lines)
         swapped = images_to_comfy(result.images, owned=True)
-        return io.NodeOutput(swapped, masks_to_comfy(result.masks), report, ui={"facemagic_text": [report]})
+        return io.NodeOutput(swapped, masks_to_comfy(result.masks), report, ui=text_ui(report))
 
 
 NODES: list[type[io.ComfyNode]] = [FaceMagicSwap, FaceMagicPoseCheck, FaceMagicBlend, FaceMagicSwapFaces]

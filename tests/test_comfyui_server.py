@@ -7,6 +7,11 @@ Runs when ``COMFYUI_PATH`` points to a ComfyUI checkout (skipped with the reason
     COMFYUI_PYTHONPATH=/path/to/extra/modules \\                  # optional, e.g. a torchvision stand-in
     python -m pytest tests/test_comfyui_server.py
 
+The canvas tests also drive the frontend ComfyUI serves in headless Chromium through
+``tests/js/canvas_check.mjs``; they need ``node``, a Chromium (``CHROMIUM``, default ``chromium``
+on the path) and the npm package ``playwright-core`` (``PLAYWRIGHT_CORE``: its folder; default: the
+global one, ``npm install -g playwright-core``), and are skipped with the reason otherwise.
+
 The server starts with ``--cpu --base-directory <tmp>``: the pack is linked into
 ``<tmp>/custom_nodes``, test pictures and a short video go into ``<tmp>/input``. The tiny
 models (a tiny buffalo_l pack and a tiny inswapper-layout ``inswapper_128.onnx``) go into
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -272,7 +278,7 @@ def test_example_workflow_runs_to_completion(server: Server, object_info: dict[s
     assert files, f"{name} wrote no output file"
     if name == "facemagic_video_pose_check":
         pose = next(output for output in entry["outputs"].values() if "facemagic_pose" in output)
-        report = pose["facemagic_text"][0]
+        report = pose["text"][0]
         assert report.splitlines()[-1].endswith("faces passed")
         assert pose["facemagic_pose"][0]["faces"] == 9  # ten frames, one without a face
         assert any(path.suffix == ".mp4" for path in files)
@@ -445,3 +451,99 @@ def test_a_generator_replaced_on_disk_is_loaded_again(server: Server) -> None:
         for path, content in saved.items():  # as the other tests expect it
             path.write_bytes(content)
     np.testing.assert_array_equal(crops(), first)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The canvas: the frontend ComfyUI serves, in headless Chromium
+
+CANVAS_WORKFLOW = "facemagic_single_photo_swap"
+PACK_SCRIPTS = f"/extensions/{PACK_FOLDER}/"
+
+
+def _browser_tools() -> tuple[str, str, str]:
+    """node, Chromium and playwright-core, or a skip saying which is missing."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the canvas check runs in node with playwright-core")
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium (set CHROMIUM or install it, e.g. apt-get install chromium)")
+    playwright = os.environ.get("PLAYWRIGHT_CORE")
+    if playwright is None:
+        npm = shutil.which("npm")
+        root = subprocess.run([npm, "root", "-g"], capture_output=True, text=True).stdout.strip() if npm else ""
+        playwright = str(Path(root) / "playwright-core") if root else ""
+    if not (Path(playwright) / "package.json").is_file():
+        pytest.skip("playwright-core not found (set PLAYWRIGHT_CORE to its folder or npm install -g playwright-core)")
+    return node, chromium, playwright
+
+
+@pytest.fixture(scope="module")
+def canvas(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What tests/js/canvas_check.mjs saw: the shipped workflow loaded, queued twice from the canvas."""
+    node, chromium, playwright = _browser_tools()
+    out = Path(os.environ.get("FACEMAGIC_CANVAS_OUT") or tmp_path_factory.mktemp("canvas"))
+    command = [
+        node,
+        str(REPO / "tests" / "js" / "canvas_check.mjs"),
+        *("--url", server.url, "--chromium", chromium, "--playwright", playwright, "--out", str(out)),
+        *("--workflow", str(REPO / "workflows" / f"{CANVAS_WORKFLOW}.json")),
+        *("--mix", str(REPO / "workflows" / "facemagic_mix_several_photos.json")),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"the canvas check failed:\n{done.stderr[-4000:]}\nserver log: {server.log}"
+    report: dict[str, Any] = json.loads(done.stdout)
+    report["out"] = out
+    return report
+
+
+def test_an_unchanged_workflow_queued_again_from_the_canvas_executes_nothing(canvas: dict[str, Any]) -> None:
+    """The result box was sent with the prompt (the frontend reads widget.options.serialize): its new text
+    made the second run execute Face Similarity again, and everything after it."""
+    first, second = canvas["runs"]
+    assert first["status"] == "success", first["errors"]
+    assert second["status"] == "success", second["errors"]
+    for prompt in (first["prompt"], second["prompt"]):
+        sent = {name for node in prompt.values() for name in node["inputs"]}
+        assert "facemagic_result" not in sent
+    assert first["prompt"] == second["prompt"]
+    assert "FaceMagicFaceSimilarity" in {node["class_type"] for node in second["prompt"].values()}
+    executed = set(second["prompt"]) - set(second["cached"])
+    assert executed == set(), f"the second run executed {sorted(executed)}"
+
+
+def test_results_show_on_the_canvas_and_stay_out_of_the_workflow(canvas: dict[str, Any]) -> None:
+    [similarity] = [node for node in canvas["results"] if node["type"] == "FaceMagicFaceSimilarity"]
+    assert similarity["result"].startswith("similarity ")  # "similarity 0.873: likely the same person"
+    assert "mean similarity" in similarity["result"]
+    assert similarity["resultOptionsSerialize"] is False
+    assert similarity["saved"] == ["most_similar", 0]  # face order, face index: no result text
+    labels = {widget["name"]: widget["label"] for widget in similarity["widgets"]}
+    assert labels["face_index"] == "face index" and labels["face_order"] == "face order"
+
+
+def test_the_mix_node_grows_its_identity_inputs_on_the_canvas(canvas: dict[str, Any]) -> None:
+    assert canvas["mix"] == {
+        "created": ["identity_1"],
+        "afterFirst": ["identity_1", "identity_2"],
+        "afterSecond": ["identity_1", "identity_2", "identity_3"],
+        "afterDisconnect": ["identity_1", "identity_2"],
+    }
+    assert canvas["mixLoaded"] == [["identity_1", "identity_2", "identity_3", "identity_4"]]
+
+
+def test_the_pack_javascript_logs_no_warning_in_the_browser(canvas: dict[str, Any]) -> None:
+    """No deprecation notice from the pack's JS (widget.inputEl, scripts/widgets.js, input.link) on frontend 1.58."""
+    assert canvas["extensions"] == ["FaceMagic.Nodes"]
+    assert canvas["pageErrors"] == []
+    ours = [
+        record["text"]
+        for record in canvas["consoleRecords"]
+        if PACK_SCRIPTS in record["stack"] or PACK_SCRIPTS in record["text"] or "scripts/widgets.js" in record["text"]
+    ]
+    ours += [
+        message["text"]
+        for message in canvas["console"]
+        if PACK_SCRIPTS in message["url"] or "scripts/widgets.js" in message["text"]
+    ]
+    assert ours == [], "\n".join(ours)

@@ -131,7 +131,7 @@ def test_the_frontend_extension_agrees_with_the_nodes(nodes: dict[str, Any], pac
     assert float(constants["DIFFERENT_PEOPLE"]) == similarity.DIFFERENT_PEOPLE_THRESHOLD
     shown = set(re.findall(r'"(FaceMagic\w+)"', constants["RESULT_NODES"]))
     with_results = {
-        node_id for node_id, cls in nodes.items() if '"facemagic_text"' in inspect.getsource(cls.execute)
+        node_id for node_id, cls in nodes.items() if "text_ui(" in inspect.getsource(cls.execute)
     }  # the nodes whose results the extension shows on the canvas
     assert shown == with_results
 
@@ -391,7 +391,7 @@ def test_save_and_load_identity_round_trip(nodes: dict[str, Any], pack: ModuleTy
     output = nodes["FaceMagicSaveIdentity"].run(identity=identity, name="people/anna", overwrite=True)
     assert output[0] is identity
     path = models_dir / "facemagic" / "identities" / "people" / "anna.safetensors"
-    assert path.is_file() and "saved" in output.ui["facemagic_text"][0]
+    assert path.is_file() and "saved" in output.ui["text"][0]
     np.testing.assert_array_equal(load_identity(path).embeddings, identity.embeddings)
     assert "people/anna" in pack.nodes.model_folder.list_identities()
     load = nodes["FaceMagicLoadIdentity"]
@@ -453,7 +453,7 @@ def test_face_similarity_reads_out_per_image(
     lines = report.splitlines()
     assert lines[0].startswith("mean similarity") and "2 of 3" in lines[0]
     assert lines[1].startswith("image 1: 1.000") and lines[3] == "image 3: no face"
-    assert output.ui["facemagic_similarity"] == [similarity] and output.ui["facemagic_text"] == [report]
+    assert output.ui["facemagic_similarity"] == [similarity] and output.ui["text"] == [report]
     with pytest.raises(IncompatibleIdentityError, match="recogniser"):
         node.run(
             analyzer=analyzer,
@@ -565,3 +565,16 @@ def test_face_similarity_says_when_the_face_index_is_beyond_the_faces_found(
     similarity, report = output.args
     assert similarity == 0.0
     assert report.splitlines() == ["no face measured in any image", "image 1: no face with index 5 (1 face found)"]
+
+
+def test_face_similarity_without_a_face_sends_no_number_to_the_canvas(
+    nodes: dict[str, Any], analyzer: FaceAnalyzer, identity_a: Identity
+) -> None:
+    """With no face measured, the canvas got similarity [0] and read 'likely different people'."""
+    output = nodes["FaceMagicFaceSimilarity"].run(
+        analyzer=analyzer, images=comfy_image([]), identity=identity_a, face_order="most_similar", face_index=0
+    )
+    similarity, report = output.args
+    assert similarity == 0.0  # the FLOAT output still carries a number (documented: 0 when no face)
+    assert output.ui == {"text": [report], "facemagic_similarity": []}
+    assert report.splitlines() == ["no face measured in any image", "image 1: no face"]

@@ -98,7 +98,7 @@ def test_pose_check_reports_every_face_and_draws_the_debug_image(
     assert [r.image_index for r in reports] == [0, 1]
     assert report.splitlines()[-1] == f"{sum(r.passed for r in reports)} of 2 faces passed"
     assert debug.shape == target.shape and not torch.equal(debug, target)  # landmarks drawn
-    assert output.ui["facemagic_text"] == [report]
+    assert output.ui["text"] == [report]
     assert output.ui["facemagic_pose"] == [{"faces": 2, "failed": sum(not r.passed for r in reports)}]
     assert swapped[0].chunks[0].pose is None  # the input SwapData is not modified
     assert torch.equal(target, torch.cat([comfy_image([(5, 5, 255)]), comfy_image([(4, 5, 230)])]))  # nor the IMAGE
@@ -233,7 +233,7 @@ def test_all_in_one_matches_the_modular_nodes(
     torch.testing.assert_close(images, modular, atol=2e-5, rtol=0)
     torch.testing.assert_close(mask, modular_mask, atol=2e-5, rtol=0)
     assert report.startswith("2 face(s) swapped in 2 frame(s) with tiny_native")
-    assert "of 2 faces passed" in report and output.ui["facemagic_text"] == [report]
+    assert "of 2 faces passed" in report and output.ui["text"] == [report]
 
 
 def test_strength_zero_injects_nothing_and_minus_one_swaps_every_face(

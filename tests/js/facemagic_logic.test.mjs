@@ -8,9 +8,10 @@ import {
   poseSummary,
   resultText,
   similarityVerdict,
+  widgetLabels,
 } from "../../js/facemagic_logic.js";
 
-const slot = (name, link = null) => ({ name, link });
+const slot = (name, connected = false) => ({ name, connected });
 
 test("identity numbers come only from identity_N inputs within the maximum", () => {
   assert.equal(identityNumber("identity_1"), 1);
@@ -31,30 +32,30 @@ test("a new mix node shows one identity input", () => {
 });
 
 test("connecting the last input adds the next one", () => {
-  assert.deepEqual(planIdentitySlots([slot("identity_1", 4)]), { add: ["identity_2"], remove: [] });
-  assert.deepEqual(planIdentitySlots([slot("identity_1", 4), slot("identity_2", 5)]), {
+  assert.deepEqual(planIdentitySlots([slot("identity_1", true)]), { add: ["identity_2"], remove: [] });
+  assert.deepEqual(planIdentitySlots([slot("identity_1", true), slot("identity_2", true)]), {
     add: ["identity_3"],
     remove: [],
   });
 });
 
 test("a gap keeps the inputs up to the last connected one, and free ones after it go", () => {
-  const inputs = [slot("identity_1"), slot("method"), slot("identity_2", 9), slot("identity_3"), slot("identity_4")];
+  const inputs = [slot("identity_1"), slot("method"), slot("identity_2", true), slot("identity_3"), slot("identity_4")];
   assert.deepEqual(planIdentitySlots(inputs), { add: [], remove: [4] });
 });
 
 test("disconnecting the last one removes the free inputs after the new last", () => {
-  const inputs = [slot("identity_1", 1), slot("identity_2"), slot("identity_3")];
+  const inputs = [slot("identity_1", true), slot("identity_2"), slot("identity_3")];
   assert.deepEqual(planIdentitySlots(inputs), { add: [], remove: [2] });
 });
 
 test("no input is added beyond the maximum", () => {
-  const inputs = Array.from({ length: MAX_IDENTITIES }, (_, i) => slot(`identity_${i + 1}`, i + 10));
+  const inputs = Array.from({ length: MAX_IDENTITIES }, (_, i) => slot(`identity_${i + 1}`, true));
   assert.deepEqual(planIdentitySlots(inputs), { add: [], remove: [] });
 });
 
 test("missing earlier inputs are put back", () => {
-  assert.deepEqual(planIdentitySlots([slot("identity_3", 2)]), { add: ["identity_1", "identity_2", "identity_4"], remove: [] });
+  assert.deepEqual(planIdentitySlots([slot("identity_3", true)]), { add: ["identity_1", "identity_2", "identity_4"], remove: [] });
   assert.deepEqual(planIdentitySlots([]), { add: ["identity_1"], remove: [] });
 });
 
@@ -75,11 +76,37 @@ test("pose summaries", () => {
 });
 
 test("result text from an executed message", () => {
-  const similarity = resultText({ facemagic_similarity: [0.5123], facemagic_text: ["mean similarity 0.512"] });
+  const similarity = resultText({ facemagic_similarity: [0.5123], text: ["mean similarity 0.512"] });
   assert.equal(similarity, "similarity 0.512: likely the same person\n\nmean similarity 0.512");
-  const pose = resultText({ facemagic_pose: [{ faces: 2, failed: 0 }], facemagic_text: ["table"] });
+  const pose = resultText({ facemagic_pose: [{ faces: 2, failed: 0 }], text: ["table"] });
   assert.equal(pose, "2 of 2 faces passed\n\ntable");
-  assert.equal(resultText({ facemagic_text: ["saved x"] }), "saved x");
+  assert.equal(resultText({ text: ["saved x"] }), "saved x");
   assert.equal(resultText({ images: [] }), "");
   assert.equal(resultText(null), "");
+});
+
+test("no face measured: no similarity line, only the report", () => {
+  const report = "no face measured in any image\nimage 1: no face";
+  assert.equal(resultText({ facemagic_similarity: [], text: [report] }), report);
+  assert.equal(resultText({ facemagic_similarity: [null], text: [report] }), report);
+  assert.doesNotMatch(resultText({ facemagic_similarity: [], text: [report] }), /different people/);
+});
+
+test("widget labels come from the display names of the node definition", () => {
+  const nodeData = {
+    input: {
+      required: {
+        face_index: ["INT", { display_name: "face index", default: 0 }],
+        strength: ["FLOAT", { display_name: "strength" }],
+        images: ["IMAGE", {}],
+      },
+      optional: { face_order: [["largest", "left_to_right"], { display_name: "face order" }] },
+    },
+  };
+  assert.deepEqual([...widgetLabels(nodeData)], [
+    ["face_index", "face index"],
+    ["face_order", "face order"],
+  ]);
+  assert.equal(widgetLabels({}).size, 0);
+  assert.equal(widgetLabels(null).size, 0);
 });
