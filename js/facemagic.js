@@ -2,18 +2,23 @@
 // inputs' display names, and results (similarity, pose check, saved identity, swap summary) shown on
 // the node after a run.
 //
-// Only the public extension API is used: app.registerExtension, node.addInput/removeInput,
-// node.isInputConnected (not the deprecated input.link), node.addDOMWidget (not the internal
+// Only the public extension API is used: app.registerExtension, api.fetchApi, node.addInput/removeInput,
+// node.isInputConnected (not the deprecated input.link), node.addWidget/addDOMWidget (not the internal
 // scripts/widgets.js) and widget.element (not the deprecated widget.inputEl).
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 import {
   IDENTITY_TYPE,
+  REFRESH_COMBOS,
   RESULT_NODES,
   RESULT_WIDGET,
+  comboOptions,
   planIdentitySlots,
   resultText,
   widgetLabels,
 } from "./facemagic_logic.js";
+
+const REFRESH_WIDGET = "facemagic_refresh";
 
 /** The node's inputs as {name, connected}, in slot order. */
 function inputSlots(node) {
@@ -61,6 +66,27 @@ function resultWidget(node) {
   return widget;
 }
 
+/** Read the node's file lists again from the server (its definition lists what the model folder holds now). */
+async function refreshCombos(node, names) {
+  const type = node.comfyClass ?? node.type;
+  const response = await api.fetchApi(`/object_info/${encodeURIComponent(type)}`);
+  if (!response.ok) throw new Error(`FaceMagic: the server did not list ${type} (${response.status})`);
+  const nodeDef = (await response.json())[type];
+  for (const name of names) {
+    const widget = node.widgets?.find((w) => w.name === name);
+    const options = comboOptions(nodeDef, name);
+    if (widget && options) widget.options.values = options;
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
+function addRefreshButton(node, names) {
+  if (node.widgets?.some((w) => w.name === REFRESH_WIDGET)) return;
+  const button = node.addWidget("button", REFRESH_WIDGET, null, () => refreshCombos(node, names), { serialize: false });
+  button.label = "refresh list";
+  button.serialize = false; // a button, not a setting: neither saved nor sent
+}
+
 app.registerExtension({
   name: "FaceMagic.Nodes",
   async beforeRegisterNodeDef(nodeType, nodeData) {
@@ -96,6 +122,16 @@ app.registerExtension({
           // after the frontend finished this connection change
           setTimeout(() => syncIdentityInputs(this, { removeFree: true }), 0);
         }
+        return result;
+      };
+    }
+
+    const refreshed = REFRESH_COMBOS.get(nodeData.name);
+    if (refreshed) {
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const result = onNodeCreated?.apply(this, arguments);
+        addRefreshButton(this, refreshed);
         return result;
       };
     }

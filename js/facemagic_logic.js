@@ -108,6 +108,30 @@ export function resultText(message) {
   return lines.join("\n");
 }
 
+/**
+ * The lists a "refresh" button on the node reads again from the server (files appear in the model
+ * folder while ComfyUI runs: an identity saved from another workflow or the command line, a model
+ * copied in): node type -> names of its combo inputs.
+ */
+export const REFRESH_COMBOS = new Map([
+  ["FaceMagicLoadIdentity", ["name"]],
+  ["FaceMagicGeneratorLoader", ["model"]],
+]);
+
+/**
+ * The options of the combo input `name` in a node definition (/object_info entry): V1 lists
+ * (`[["a", "b"], {...}]`) and V3 combos (`["COMBO", {options: ["a", "b"]}]`); null when absent.
+ */
+export function comboOptions(nodeDef, name) {
+  for (const group of ["required", "optional"]) {
+    const spec = nodeDef?.input?.[group]?.[name];
+    if (!Array.isArray(spec)) continue;
+    if (Array.isArray(spec[0])) return spec[0].slice();
+    if (spec[0] === "COMBO" && Array.isArray(spec[1]?.options)) return spec[1].options.slice();
+  }
+  return null;
+}
+
 /** Node types that show a result on the canvas after a run. */
 export const RESULT_NODES = new Set([
   "FaceMagicFaceSimilarity",

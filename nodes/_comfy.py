@@ -17,15 +17,24 @@ A change of ComfyUI's API is one edit in this file. What is used, and since when
 - ``comfy_api.latest.ui.PreviewText`` (0.3.6x): a node's report goes to the frontend as ``{"text": [report]}``,
   the key ComfyUI's own text outputs use; built by hand where ``ui`` is missing.
 
-Newer ComfyUI releases also offer ``io.Autogrow`` (inputs that multiply as they are
-connected). FaceMagic does not use it: its input names differ from plain inputs, so one
-schema could not load the same saved workflows on the release that has it and on the one
-that has not. The mix node declares a fixed set of optional identity inputs instead, and
-the frontend extension (``js/``) shows them one at a time.
+Newer ComfyUI releases add, and FaceMagic uses where the running ComfyUI has them (found by
+:func:`schema_supports` / :func:`input_supports`; without them the node is as before):
+
+- ``io.Schema(search_aliases=[...])``: words the node search also matches ("face swap", "reactor"...);
+- ``advanced=True`` on an input: the frontend folds expert settings away under "advanced".
+
+They also offer ``io.Autogrow`` (inputs that multiply as they are connected) and
+``io.DynamicCombo``. FaceMagic does not use them: their inputs are saved under other names than
+plain inputs, so one schema could not load the same saved workflows on the release that has them
+and on the one that has not. The mix node declares a fixed set of optional identity inputs instead,
+and the frontend extension (``js/``) shows them one at a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from typing import Any
 
 import comfy.model_management as model_management
@@ -45,11 +54,13 @@ __all__ = [
     "InterruptProcessingException",
     "folder_paths",
     "get_torch_device",
+    "input_supports",
     "io",
     "load_models",
     "new_model_patcher",
     "new_progress_bar",
     "offload_device",
+    "schema_supports",
     "text_ui",
     "throw_if_interrupted",
 ]
@@ -103,3 +114,20 @@ def text_ui(text: str, **measurements: list[Any]) -> dict[str, Any]:
     shown: dict[str, Any] = dict(preview(text).as_dict()) if preview is not None else {"text": (text,)}
     shown["text"] = list(shown["text"])
     return shown | {f"facemagic_{name}": list(values) for name, values in measurements.items()}
+
+
+@functools.cache
+def schema_supports(field: str) -> bool:
+    """Whether this ComfyUI's ``io.Schema`` has the field ``field`` (``search_aliases`` came after 0.3.6x)."""
+    if dataclasses.is_dataclass(io.Schema):
+        return field in {item.name for item in dataclasses.fields(io.Schema)}
+    return field in inspect.signature(io.Schema).parameters
+
+
+@functools.cache
+def input_supports(parameter: str) -> bool:
+    """Whether this ComfyUI's widget inputs take ``parameter`` (``advanced`` came after 0.3.6x)."""
+    return all(
+        parameter in inspect.signature(kind.Input.__init__).parameters
+        for kind in (io.Int, io.Float, io.Boolean, io.Combo, io.String)
+    )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from facemagic_core.types import FACE_ORDERS
 
-from ._comfy import get_torch_device, io
+from ._comfy import get_torch_device, input_supports, io, schema_supports
 from .sockets import Analyzer, Generator, IdentitySocket
 
 CATEGORY = "FaceMagic"
@@ -16,6 +19,22 @@ DEVICE_TOOLTIP = (
     "Where the model runs. auto: the device ComfyUI uses (its --cpu / --cuda-device settings apply). "
     "ONNX models ask onnxruntime for the matching provider and say so in the log when they fall back to the CPU."
 )
+
+
+#: Words the node search also finds the swap nodes by: what people call face swapping, and the tools they know.
+SWAP_ALIASES = ("face swap", "faceswap", "swap face", "reactor", "inswapper", "roop", "hyperswap", "reswapper")
+
+
+def node_schema(*, search_aliases: Sequence[str] = (), **fields: Any) -> io.Schema:
+    """``io.Schema(**fields)``, with ``search_aliases`` where this ComfyUI has them (dropped where not)."""
+    if search_aliases and schema_supports("search_aliases"):
+        fields["search_aliases"] = list(search_aliases)
+    return io.Schema(**fields)
+
+
+def advanced() -> dict[str, bool]:
+    """Keyword arguments marking an expert input: ``advanced=True`` where this ComfyUI has it, else nothing."""
+    return {"advanced": True} if input_supports("advanced") else {}
 
 
 def comfy_device_name() -> str:

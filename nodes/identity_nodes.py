@@ -34,6 +34,7 @@ from .common import (
     face_order_input,
     generator_input,
     identity_input,
+    node_schema,
 )
 from .memory import GeneratorHandle
 from .model_folder import identity_path_for_saving, list_identities, resolve_identity
@@ -63,8 +64,9 @@ def describe_identity(identity: Identity) -> str:
 class FaceMagicExtractIdentity(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicExtractIdentity",
+            search_aliases=("face embedding", "arcface", "face model", "build face model", "source face"),
             display_name="FaceMagic Extract Identity",
             category=CATEGORY,
             description="Finds one face in each source picture and averages their embeddings into one identity. "
@@ -175,8 +177,9 @@ class FaceMagicMixIdentities(io.ComfyNode):
             )
             for number in range(1, MAX_MIX_INPUTS + 1)
         ]
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicMixIdentities",
+            search_aliases=("blend faces", "blend face models", "average faces", "mix faces"),
             display_name="FaceMagic Mix Identities",
             category=CATEGORY,
             description="Mixes up to eight identities into one: mean, weighted mean, element-wise median, spherical "
@@ -246,8 +249,9 @@ class FaceMagicMixIdentities(io.ComfyNode):
 class FaceMagicCoarseFineMix(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicCoarseFineMix",
+            search_aliases=("mix faces per block", "blend face models", "identity mix"),
             display_name="FaceMagic Coarse/Fine Mix",
             category=CATEGORY,
             description="Gives the coarse generator blocks (face shape, proportions) one identity and the fine blocks "
@@ -308,8 +312,9 @@ class FaceMagicCoarseFineMix(io.ComfyNode):
 class FaceMagicSaveIdentity(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicSaveIdentity",
+            search_aliases=("save face model", "save face", "save embedding"),
             display_name="FaceMagic Save Identity",
             category=CATEGORY,
             description="Saves an identity as models/facemagic/identities/<name>.safetensors, to load it again later "
@@ -364,8 +369,9 @@ class FaceMagicLoadIdentity(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         names = list_identities()
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicLoadIdentity",
+            search_aliases=("load face model", "load face", "load embedding"),
             display_name="FaceMagic Load Identity",
             category=CATEGORY,
             description="Loads an identity saved with 'FaceMagic Save Identity' from models/facemagic/identities.",
@@ -374,8 +380,8 @@ class FaceMagicLoadIdentity(io.ComfyNode):
                     "name",
                     options=names,
                     default=names[0] if names else None,
-                    tooltip="Saved identities found in models/facemagic/identities (refresh the page after saving "
-                    "a new one).",
+                    tooltip="Saved identities found in models/facemagic/identities ('refresh list' on the node "
+                    "lists one saved since).",
                 ),
             ],
             outputs=[IdentitySocket.Output("identity", display_name="identity", tooltip="The loaded identity.")],
@@ -472,8 +478,9 @@ def measure_similarity(
 class FaceMagicFaceSimilarity(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicFaceSimilarity",
+            search_aliases=("face similarity", "compare faces", "face verification", "arcface similarity"),
             display_name="FaceMagic Face Similarity",
             category=CATEGORY,
             description="How much the faces in the pictures look like the identity (cosine similarity of ArcFace "

@@ -10,7 +10,7 @@ from facemagic_core.hub import MODELS
 from facemagic_core.runtime import onnx_providers
 
 from ._comfy import io
-from .common import CATEGORY, DEVICE_TOOLTIP, ONNX_DEVICES, TORCH_DEVICES, resolve_device_choice
+from .common import CATEGORY, DEVICE_TOOLTIP, ONNX_DEVICES, TORCH_DEVICES, advanced, node_schema, resolve_device_choice
 from .memory import manage_generator
 from .model_folder import ensure_registry_model, folder_holding, generator_choices, model_fingerprint, resolve_name
 from .progress import comfy_errors, comfy_progress
@@ -45,8 +45,9 @@ def load_analyzer(model: str, *, device: str, det_size: int, det_threshold: floa
 class FaceMagicAnalyzerLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicAnalyzerLoader",
+            search_aliases=("insightface", "buffalo_l", "face detection", "face analysis", "face landmarks"),
             display_name="FaceMagic Analyzer Loader",
             category=CATEGORY,
             description="Loads the face detector, landmark models and face recogniser. Missing model files are "
@@ -60,7 +61,9 @@ class FaceMagicAnalyzerLoader(io.ComfyNode):
                     "choice). antelopev2: the same with a larger recogniser. yunet: OpenCV's light detector with "
                     "ArcFace w600k_r50. insightface models are for non-commercial research only.",
                 ),
-                io.Combo.Input("device", options=list(ONNX_DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
+                io.Combo.Input(
+                    "device", options=list(ONNX_DEVICES), default="auto", tooltip=DEVICE_TOOLTIP, **advanced()
+                ),
                 io.Int.Input(
                     "det_size",
                     default=640,
@@ -70,6 +73,7 @@ class FaceMagicAnalyzerLoader(io.ComfyNode):
                     display_name="detection size",
                     tooltip="Side of the picture the detector looks at, in pixels (a multiple of 32). Larger finds "
                     "smaller faces but is slower; 640 suits most photos.",
+                    **advanced(),
                 ),
                 io.Float.Input(
                     "det_threshold",
@@ -101,8 +105,9 @@ class FaceMagicGeneratorLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         choices = generator_choices()
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicGeneratorLoader",
+            search_aliases=("load face swap model", "inswapper", "hyperswap", "reswapper", "swapper model"),
             display_name="FaceMagic Generator Loader",
             category=CATEGORY,
             description="Loads a face swap model: a registry name (downloaded into models/facemagic on first use), "
@@ -116,13 +121,16 @@ class FaceMagicGeneratorLoader(io.ComfyNode):
                     "native generator folders found in models/facemagic. Inswapper-style ONNX files run as a native "
                     "torch module when the conversion matches onnxruntime, which adds per-block identity mixing.",
                 ),
-                io.Combo.Input("device", options=list(TORCH_DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
+                io.Combo.Input(
+                    "device", options=list(TORCH_DEVICES), default="auto", tooltip=DEVICE_TOOLTIP, **advanced()
+                ),
                 io.Combo.Input(
                     "dtype",
                     options=list(DTYPES),
                     default="auto",
                     tooltip="Precision of native (torch) generators: auto is fp16 on CUDA and fp32 elsewhere. "
                     "ONNX models keep the precision of their file.",
+                    **advanced(),
                 ),
             ],
             outputs=[Generator.Output("generator", display_name="generator", tooltip="The loaded swap model.")],

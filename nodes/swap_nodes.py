@@ -43,10 +43,13 @@ from facemagic_core.types import Identity
 from ._comfy import io, text_ui
 from .common import (
     CATEGORY,
+    SWAP_ALIASES,
+    advanced,
     analyzer_input,
     face_order_input,
     generator_input,
     identity_input,
+    node_schema,
 )
 from .memory import GeneratorHandle
 from .progress import comfy_errors, comfy_progress
@@ -145,6 +148,7 @@ def _strength_input() -> io.Input:
         min=0.0,
         max=1.0,
         step=0.01,
+        display_mode=io.NumberDisplay.slider,
         tooltip="How much of the identity is injected: 1 is the full swap, 0 injects none (the face keeps its own "
         "identity, as the generator redraws it).",
     )
@@ -190,6 +194,7 @@ def _smoothing_input() -> io.Input:
         step=0.1,
         tooltip="Video frames: smooths the face landmarks over time so the swapped face does not jitter. "
         "0 is off, 1 the default strength, higher is smoother (with more lag on fast moves).",
+        **advanced(),
     )
 
 
@@ -218,6 +223,7 @@ def _mask_inputs() -> list[io.Input]:
             max=0.5,
             step=0.01,
             tooltip="Shrinks the mask, as a fraction of the face size, to keep hair and face edges of the target.",
+            **advanced(),
         ),
         io.Float.Input(
             "feather",
@@ -226,6 +232,7 @@ def _mask_inputs() -> list[io.Input]:
             max=1.0,
             step=0.01,
             tooltip="Softness of the mask edge, as a fraction of the face size.",
+            **advanced(),
         ),
         io.Combo.Input(
             "colour",
@@ -245,8 +252,9 @@ def _mask_inputs() -> list[io.Input]:
 class FaceMagicSwap(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicSwap",
+            search_aliases=SWAP_ALIASES,
             display_name="FaceMagic Swap",
             category=CATEGORY,
             description="Finds the target faces, aligns them and runs the generator with the identity. Gives the "
@@ -267,6 +275,7 @@ class FaceMagicSwap(io.ComfyNode):
                     max=MAX_WEAVE,
                     tooltip="Crop at this many times the model's size and swap it as interleaved sub-images: sharper "
                     "faces from a 128 px model (2 gives 256 px) at weave x weave the cost.",
+                    **advanced(),
                 ),
                 _smoothing_input(),
                 _no_face_input(),
@@ -364,8 +373,9 @@ class FaceMagicPoseCheck(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         defaults = PoseThresholds()
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicPoseCheck",
+            search_aliases=("head pose", "face angle", "pose check"),
             display_name="FaceMagic Pose Check",
             category=CATEGORY,
             description="Compares head pose and landmarks of every swapped face with its target face. Faces that "
@@ -456,8 +466,9 @@ class FaceMagicPoseCheck(io.ComfyNode):
 class FaceMagicBlend(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicBlend",
+            search_aliases=("paste back", "face mask", "face blend", "seamless clone", "colour match"),
             display_name="FaceMagic Blend",
             category=CATEGORY,
             description="Pastes the swapped faces back into the target frames through a soft face mask, optionally "
@@ -471,12 +482,14 @@ class FaceMagicBlend(io.ComfyNode):
                     display_name="use generator mask",
                     tooltip="Also use the generator's own soft face mask, when it predicts one (native FaceMagic "
                     "generators do; ONNX swappers do not).",
+                    **advanced(),
                 ),
                 io.Boolean.Input(
                     "poisson",
                     default=False,
                     tooltip="Seamless (Poisson) blending with OpenCV on the CPU instead of the mask blend: hides "
                     "colour seams, slower.",
+                    **advanced(),
                 ),
                 io.Mask.Input(
                     "mask_input",
@@ -561,8 +574,9 @@ def describe_frames_without_face(frames: tuple[int, ...] | list[int], shown: int
 class FaceMagicSwapFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicSwapFaces",
+            search_aliases=SWAP_ALIASES,
             display_name="FaceMagic Swap Faces (all in one)",
             category=CATEGORY,
             description="The whole swap in one node: find the faces, swap them, optionally check the pose, and "

@@ -460,6 +460,21 @@ CANVAS_WORKFLOW = "facemagic_single_photo_swap"
 PACK_SCRIPTS = f"/extensions/{PACK_FOLDER}/"
 
 
+def _save_identity_prompt(name: str) -> dict[str, Any]:
+    return {
+        "1": {
+            "class_type": "FaceMagicAnalyzerLoader",
+            "inputs": {"model": "buffalo_l", "device": "auto", "det_size": 320, "det_threshold": 0.5},
+        },
+        "2": {"class_type": "LoadImage", "inputs": {"image": "facemagic_person_b.png"}},
+        "3": {
+            "class_type": "FaceMagicExtractIdentity",
+            "inputs": {"analyzer": ["1", 0], "images": ["2", 0], "face_order": "largest", "face_index": 0},
+        },
+        "4": {"class_type": "FaceMagicSaveIdentity", "inputs": {"identity": ["3", 0], "name": name, "overwrite": True}},
+    }
+
+
 def _browser_tools() -> tuple[str, str, str]:
     """node, Chromium and playwright-core, or a skip saying which is missing."""
     node = shutil.which("node")
@@ -483,12 +498,16 @@ def canvas(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     """What tests/js/canvas_check.mjs saw: the shipped workflow loaded, queued twice from the canvas."""
     node, chromium, playwright = _browser_tools()
     out = Path(os.environ.get("FACEMAGIC_CANVAS_OUT") or tmp_path_factory.mktemp("canvas"))
+    out.mkdir(parents=True, exist_ok=True)
+    save_prompt = out / "save_prompt.json"  # saves an identity while the page is open, for the refresh button
+    save_prompt.write_text(json.dumps(_save_identity_prompt("canvas_refreshed")), encoding="utf-8")
     command = [
         node,
         str(REPO / "tests" / "js" / "canvas_check.mjs"),
         *("--url", server.url, "--chromium", chromium, "--playwright", playwright, "--out", str(out)),
         *("--workflow", str(REPO / "workflows" / f"{CANVAS_WORKFLOW}.json")),
         *("--mix", str(REPO / "workflows" / "facemagic_mix_several_photos.json")),
+        *("--save-prompt", str(save_prompt)),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"the canvas check failed:\n{done.stderr[-4000:]}\nserver log: {server.log}"
@@ -530,6 +549,34 @@ def test_the_mix_node_grows_its_identity_inputs_on_the_canvas(canvas: dict[str, 
         "afterDisconnect": ["identity_1", "identity_2"],
     }
     assert canvas["mixLoaded"] == [["identity_1", "identity_2", "identity_3", "identity_4"]]
+
+
+def test_the_refresh_button_lists_an_identity_saved_meanwhile(canvas: dict[str, Any]) -> None:
+    refresh = canvas["refresh"]
+    assert refresh["status"] == "success"
+    assert "canvas_refreshed" not in refresh["before"] and "canvas_refreshed" in refresh["after"]
+    assert refresh["label"] == "refresh list"
+    assert refresh["sent"] == ["name"]  # the button is neither sent with the prompt
+    assert len(refresh["saved"]) == 1  # nor saved in the workflow
+
+
+def test_the_running_comfyui_gets_the_v3_extras_it_has(object_info: dict[str, Any]) -> None:
+    """search_aliases and advanced inputs where this ComfyUI's io has them (0.3.64: neither); the slider everywhere."""
+    assert COMFYUI_PATH is not None
+    probe = (
+        "import dataclasses, inspect; from comfy_api.latest import io; "
+        "print(any(f.name == 'search_aliases' for f in dataclasses.fields(io.Schema)), "
+        "'advanced' in inspect.signature(io.Int.Input.__init__).parameters)"
+    )
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    answer = subprocess.run([python, "-c", probe], cwd=COMFYUI_PATH, capture_output=True, text=True, timeout=120)
+    has_aliases, has_advanced = (word == "True" for word in answer.stdout.split())
+    swap = object_info["FaceMagicSwapFaces"]
+    assert ("reactor" in swap.get("search_aliases", [])) == has_aliases
+    det_size = object_info["FaceMagicAnalyzerLoader"]["input"]["required"]["det_size"][1]
+    assert bool(det_size.get("advanced")) == has_advanced
+    assert swap["input"]["required"]["strength"][1]["display"] == "slider"
+    print(f"search_aliases: {has_aliases}, advanced: {has_advanced}")
 
 
 def test_the_pack_javascript_logs_no_warning_in_the_browser(canvas: dict[str, Any]) -> None:

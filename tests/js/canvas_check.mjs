@@ -25,6 +25,7 @@ for (const name of ["url", "chromium", "playwright", "workflow", "out"]) {
 const { chromium } = createRequire(join(args.playwright, "package.json"))(args.playwright);
 const workflow = JSON.parse(readFileSync(args.workflow, "utf8"));
 const mixWorkflow = args.mix ? JSON.parse(readFileSync(args.mix, "utf8")) : null;
+const savePrompt = args["save-prompt"] ? JSON.parse(readFileSync(args["save-prompt"], "utf8")) : null;
 mkdirSync(args.out, { recursive: true });
 const timeout = Number(args.timeout || 240) * 1000;
 
@@ -151,6 +152,34 @@ try {
     window.app.graph.remove(extract);
     return { created, afterFirst, afterSecond, afterDisconnect };
   });
+
+  // Load Identity's "refresh list" button: an identity saved meanwhile (here by a prompt queued through the
+  // API) appears in the list without reloading the page
+  if (savePrompt) {
+    report.refresh = await page.evaluate(
+      async ({ prompt, limit }) => {
+        const node = window.LiteGraph.createNode("FaceMagicLoadIdentity");
+        window.app.graph.add(node);
+        const names = () => [...node.widgets.find((w) => w.name === "name").options.values];
+        const before = names();
+        const queued = await (await fetch("/prompt", { method: "POST", body: JSON.stringify({ prompt }) })).json();
+        const deadline = Date.now() + limit;
+        let status = null;
+        while (Date.now() < deadline && !status) {
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          status = (await (await fetch(`/history/${queued.prompt_id}`)).json())[queued.prompt_id]?.status?.status_str;
+        }
+        const button = node.widgets.find((w) => w.name === "facemagic_refresh");
+        await button.callback();
+        const after = names();
+        const sent = (await window.app.graphToPrompt()).output[String(node.id)]?.inputs ?? {};
+        const saved = node.serialize().widgets_values;
+        window.app.graph.remove(node);
+        return { status, before, after, label: button.label, sent: Object.keys(sent), saved };
+      },
+      { prompt: savePrompt, limit: timeout },
+    );
+  }
 
   if (mixWorkflow) {
     await page.evaluate(async (graph) => {

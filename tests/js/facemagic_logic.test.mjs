@@ -3,6 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   MAX_IDENTITIES,
+  comboOptions,
   identityNumber,
   planIdentitySlots,
   poseSummary,
@@ -109,4 +110,17 @@ test("widget labels come from the display names of the node definition", () => {
   ]);
   assert.equal(widgetLabels({}).size, 0);
   assert.equal(widgetLabels(null).size, 0);
+});
+
+test("combo options from V1 lists and V3 combos", () => {
+  const v1 = { input: { required: { name: [["anna", "ben"], { tooltip: "x" }] } } };
+  const v3 = { input: { optional: { name: ["COMBO", { options: ["anna", "cleo"] }] } } };
+  assert.deepEqual(comboOptions(v1, "name"), ["anna", "ben"]);
+  assert.deepEqual(comboOptions(v3, "name"), ["anna", "cleo"]);
+  assert.equal(comboOptions(v1, "model"), null);
+  assert.equal(comboOptions({ input: { required: { name: ["STRING", {}] } } }, "name"), null);
+  assert.equal(comboOptions(undefined, "name"), null);
+  const list = comboOptions(v1, "name");
+  list.push("dan");
+  assert.deepEqual(v1.input.required.name[0], ["anna", "ben"]); // a copy: the definition is not changed
 });

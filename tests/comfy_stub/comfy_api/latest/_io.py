@@ -1,6 +1,7 @@
 """Test stand-in for ``comfy_api.latest._io``: the V3 schema classes FaceMagic uses.
 
-Signatures follow ComfyUI's; behaviour is reduced to what schema validation and ``execute``
+Signatures follow ComfyUI's (the newest: ``Schema.search_aliases`` and ``advanced`` on inputs, which
+0.3.64 lacks); behaviour is reduced to what schema validation and ``execute``
 need. ``ComfyNode.GET_SCHEMA`` validates like ComfyUI (unique input and output ids) and
 fills in default output ids the same way.
 """
@@ -42,12 +43,18 @@ class Input(_IO):
         self.tooltip = tooltip
         self.lazy = lazy
         self.extra_dict = extra_dict or {}
+        self.advanced: bool | None = None  # newer ComfyUI: an expert input, folded away by the frontend
 
     def get_io_type(self) -> str:
         return self.io_type
 
     def as_dict(self) -> dict[str, Any]:
-        values = {"display_name": self.display_name, "tooltip": self.tooltip, "lazy": self.lazy}
+        values = {
+            "display_name": self.display_name,
+            "tooltip": self.tooltip,
+            "lazy": self.lazy,
+            "advanced": self.advanced,
+        }
         return {key: value for key, value in values.items() if value is not None} | self.extra_dict
 
 
@@ -145,8 +152,10 @@ class Boolean(ComfyTypeIO):
             label_off: str | None = None,
             socketless: bool | None = None,
             force_input: bool | None = None,
+            advanced: bool | None = None,
         ):
             super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+            self.advanced = advanced
             self.label_on = label_on
             self.label_off = label_off
 
@@ -169,8 +178,10 @@ class Int(ComfyTypeIO):
             display_mode: NumberDisplay | None = None,
             socketless: bool | None = None,
             force_input: bool | None = None,
+            advanced: bool | None = None,
         ):
             super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+            self.advanced = advanced
             self.min, self.max, self.step = min, max, step
             self.control_after_generate = control_after_generate
             self.display_mode = display_mode
@@ -194,8 +205,10 @@ class Float(ComfyTypeIO):
             display_mode: NumberDisplay | None = None,
             socketless: bool | None = None,
             force_input: bool | None = None,
+            advanced: bool | None = None,
         ):
             super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+            self.advanced = advanced
             self.min, self.max, self.step, self.round = min, max, step, round
             self.display_mode = display_mode
 
@@ -216,8 +229,10 @@ class String(ComfyTypeIO):
             dynamic_prompts: bool | None = None,
             socketless: bool | None = None,
             force_input: bool | None = None,
+            advanced: bool | None = None,
         ):
             super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+            self.advanced = advanced
             self.multiline = multiline
             self.placeholder = placeholder
             self.dynamic_prompts = dynamic_prompts
@@ -240,12 +255,14 @@ class Combo(ComfyTypeIO):
             image_folder: Any = None,
             remote: Any = None,
             socketless: bool | None = None,
+            advanced: bool | None = None,
         ):
             if isinstance(options, type) and issubclass(options, Enum):
                 options = [member.value for member in options]
             if isinstance(default, Enum):
                 default = default.value
             super().__init__(id, display_name, optional, tooltip, lazy, default, socketless)
+            self.advanced = advanced
             self.options = options
             self.control_after_generate = control_after_generate
 
@@ -306,6 +323,7 @@ class Schema:
     is_api_node: bool = False
     not_idempotent: bool = False
     enable_expand: bool = False
+    search_aliases: list[str] = field(default_factory=list)  # newer ComfyUI: more words the node search matches
 
     def validate(self) -> None:
         input_ids = [item.id for item in self.inputs or []]
