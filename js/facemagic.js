@@ -35,11 +35,12 @@ function syncIdentityInputs(node, { removeFree }) {
   node.setDirtyCanvas?.(true, true);
 }
 
-/** Give widgets their input's display name where the frontend shows the input id ("face_index"). */
+/** Give widgets and sockets their input's display name where the frontend shows the input id ("face_index",
+ * frontend 1.27). */
 function labelWidgets(node, labels) {
-  for (const widget of node.widgets ?? []) {
-    const label = labels.get(widget.name);
-    if (label && !widget.label) widget.label = label;
+  for (const item of [...(node.widgets ?? []), ...(node.inputs ?? [])]) {
+    const label = labels.get(item.name);
+    if (label && (!item.label || item.label === item.name)) item.label = label;
   }
 }
 
@@ -98,6 +99,12 @@ app.registerExtension({
       nodeType.prototype.onNodeCreated = function () {
         const result = onNodeCreated?.apply(this, arguments);
         labelWidgets(this, labels);
+        return result;
+      };
+      const onConfigure = nodeType.prototype.onConfigure;
+      nodeType.prototype.onConfigure = function () {
+        const result = onConfigure?.apply(this, arguments);
+        labelWidgets(this, labels); // a loaded workflow brings its own socket list
         return result;
       };
     }

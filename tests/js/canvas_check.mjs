@@ -126,6 +126,7 @@ try {
           resultOptionsSerialize: widget ? widget.options?.serialize : null,
           saved: saved.widgets_values,
           widgets: (node.widgets || []).map((w) => ({ name: w.name, label: w.label ?? null })),
+          inputs: (node.inputs || []).map((input) => ({ name: input.name, label: input.label ?? null })),
         };
       }),
   );
