@@ -38,6 +38,7 @@ import torch
 from . import runtime
 from .align import align_faces
 from .errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
+from .files import check_input_file
 from .images import check_images, tensor_to_bgr_uint8
 from .types import FACE_ORDERS, Face, FaceOrder, FloatArray, Identity
 
@@ -80,8 +81,9 @@ def _missing_model_fix(role: str) -> str:
 
 
 def _check_model_file(path: Path, role: str) -> Path:
-    if not path.is_file():
+    if not path.exists():
         raise ModelNotFoundError(f"the {role} model file does not exist", where=str(path), fix=_missing_model_fix(role))
+    check_input_file(path, what=f"{role} model file", fix=_missing_model_fix(role), error=ModelNotFoundError)
     if path.stat().st_size == 0:
         raise ModelIntegrityError(
             f"the {role} model file is empty", where=str(path), fix="delete it and download it again"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .errors import BadInputError
+from .errors import BadInputError, FaceMagicError
 
 
 @contextlib.contextmanager
@@ -70,3 +71,107 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
             fix="choose a folder you can write to",
         ) from error
     return file
+
+
+def describe_file_kind(path: Path) -> str:
+    """What kind of thing ``path`` is when it is not a regular file: "a folder", "a FIFO (named pipe)", ...."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "missing"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def check_input_file(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "input file",
+    fix: str = "check the path",
+    missing: str | None = None,
+    error: type[FaceMagicError] = BadInputError,
+) -> Path:
+    """``path`` as a Path when it is an existing regular file, else ``error`` (BadInputError) saying what it is.
+
+    ``missing`` replaces the message for a path that does not exist ("the {what} does not exist").
+    A FIFO, a device or a socket is never opened (reading one could block forever or never end).
+    """
+    file = Path(path)
+    kind = describe_file_kind(file)
+    if kind == "missing":
+        if file.is_symlink():
+            raise error(f"the {what} is a broken link", where=str(file), fix=fix)
+        raise error(missing or f"the {what} does not exist", where=str(file), fix=fix)
+    if kind != "a regular file":
+        raise error(f"the {what} is {kind}, not a regular file", where=str(file), fix=f"give a file; {fix}")
+    return file
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return _real(a) == _real(b)
+
+
+def check_outputs_not_inputs(
+    outputs: Sequence[tuple[str, str | os.PathLike[str] | None]],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    where: str = "facemagic",
+    rename: str = "_out",
+) -> None:
+    """Refuse any output that would replace an input file (or another output) of the same command.
+
+    ``outputs`` are ``(option, path)`` pairs; ``None`` paths are skipped. The file name of an
+    output may be a glob pattern for the numbered files a command writes into a folder (e.g.
+    ``debug/frame_*.png``): an input in that folder whose name matches it would be replaced
+    too. Links and hard links are followed (``os.path.samefile``), so another spelling of an
+    input's path is caught as well.
+    """
+    given = [(option, Path(path)) for option, path in outputs if path is not None]
+    files = [Path(path) for path in inputs]
+    for option, output in given:
+        pattern = any(character in output.name for character in "*?[")
+        for file in files:
+            if pattern:
+                clash = (
+                    file.parent.exists()
+                    and output.parent.exists()
+                    and _same_file(file.parent, output.parent)
+                    and fnmatch.fnmatch(file.name, output.name)
+                )
+            else:
+                clash = file.exists() and output.exists() and _same_file(file, output)
+            if clash:
+                if pattern:
+                    fix = f"write them to another folder, e.g. {option} {output.parent / 'facemagic_output'}"
+                else:
+                    other = output.with_name(output.stem + rename + output.suffix)
+                    fix = f"write it to another file, e.g. {option} {other}"
+                raise BadInputError(
+                    f"{option} would replace an input file ({file}), and the original would be lost",
+                    where=f"{where}: {output}",
+                    fix=fix,
+                )
+    for number, (option, output) in enumerate(given):
+        for other_option, other in given[number + 1 :]:
+            if _real(output) == _real(other):
+                raise BadInputError(
+                    f"{option} and {other_option} name the same file, so one would replace the other",
+                    where=f"{where}: {output}",
+                    fix=f"give {other_option} another name",
+                )

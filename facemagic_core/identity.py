@@ -46,7 +46,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_safetensors
 
 from .errors import BadInputError, IncompatibleIdentityError, NoFaceError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, check_input_file
 from .images import check_images
 from .types import FACE_ORDERS, Face, FaceOrder, FloatArray, Identity
 
@@ -714,12 +714,12 @@ def load_identity(path: str | os.PathLike[str], *, embedding_model: str | None =
             where=str(file),
             fix="name a .safetensors file made by 'facemagic identity' or the Save Identity node",
         )
-    if not file.is_file():
-        raise BadInputError(
-            "identity file not found",
-            where=str(file),
-            fix="check the path; identity files are made with 'facemagic identity' or the Save Identity node",
-        )
+    check_input_file(
+        file,
+        what="identity file",
+        missing="identity file not found",
+        fix="check the path; identity files are made with 'facemagic identity' or the Save Identity node",
+    )
     try:
         with safe_open(str(file), framework="numpy") as reader:
             metadata: dict[str, str] = dict(reader.metadata() or {})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInputError
-from .files import atomic_path
+from .files import atomic_path, check_input_file, describe_file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 MIN_IMAGE_SIDE = 32
 #: Largest image side accepted; larger frames should be resized first.
 MAX_IMAGE_SIDE = 16384
+#: Most pixels a picture file may have (Pillow's own decompression-bomb limit, twice its warning limit):
+#: 179 megapixels take 2 GB as a float tensor.
+MAX_IMAGE_PIXELS = 2 * 89_478_485
 #: Values above this mean the pixels are on another scale (0..255), not [0, 1]. Resamplers and
 #: upscalers overshoot [0, 1] a little (clamped later), a photo on the 0..255 scale reaches far above.
 MAX_PIXEL_VALUE = 1.5
@@ -126,10 +130,11 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     file = Path(path)
     if file.is_dir():
         raise BadInputError("expected an image file, got a folder", where=str(file), fix="name an image file in it")
-    if not file.is_file():
-        raise BadInputError("image file not found", where=str(file), fix="check the path")
+    check_input_file(file, what="image", missing="image file not found")
     try:
-        with Image.open(file) as picture:
+        with warnings.catch_warnings(), Image.open(file) as picture:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, with a clear message
+            _check_picture_size(picture, file)
             picture.seek(0)
             upright = ImageOps.exif_transpose(picture)
             if upright.mode in ("I;16", "I;16L", "I;16B", "I"):
@@ -137,11 +142,14 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
                 grey = np.asarray(upright, dtype=np.float32) / np.float32(_SIXTEEN_BIT_MAX)
                 return torch.from_numpy(np.clip(grey, 0.0, 1.0)).expand(1, 3, *grey.shape).contiguous()
             rgb = np.array(upright.convert("RGB"), dtype=np.uint8)  # a writable copy
-    except Image.DecompressionBombError as error:
+    except Image.DecompressionBombError as error:  # Image.open refuses twice its MAX_IMAGE_PIXELS itself
+        size = _header_size(file)
+        if size is not None:
+            raise _too_large(*size, file) from error
         raise BadInputError(
-            f"the image is too large to open safely: {error}",
+            f"the image is too large to open safely ({error})",
             where=str(file),
-            fix=f"resize it below {MAX_IMAGE_SIDE} px per side first",
+            fix=f"resize it to at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels and {MAX_IMAGE_SIDE} px per side",
         ) from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:  # Pillow's parsers raise all four
         raise BadInputError(
@@ -161,8 +169,11 @@ def load_alpha(path: str | os.PathLike[str]) -> torch.Tensor | None:
     Palette pictures with a transparent colour count as transparent; a fully opaque alpha
     channel gives None. Read errors are left to :func:`load_image`: this returns None then.
     """
+    if describe_file_kind(Path(path)) != "a regular file":
+        return None  # never open a FIFO or a device; load_image names the problem
     try:
-        with Image.open(path) as picture:
+        with warnings.catch_warnings(), Image.open(path) as picture:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             picture.seek(0)
             upright = ImageOps.exif_transpose(picture)
             if upright.mode not in ("RGBA", "LA", "PA", "La", "RGBa") and "transparency" not in upright.info:
@@ -173,6 +184,49 @@ def load_alpha(path: str | os.PathLike[str]) -> torch.Tensor | None:
     if alpha.min() == 255:
         return None
     return torch.from_numpy(alpha).float().div_(255.0).reshape(1, 1, *alpha.shape)
+
+
+def _check_picture_size(picture: Image.Image, file: Path) -> None:
+    """Refuse a picture with more than :data:`MAX_IMAGE_SIDE` px per side or :data:`MAX_IMAGE_PIXELS` pixels
+    (read from the header: nothing is decoded)."""
+    width, height = picture.size
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise _too_large(width, height, file)
+
+
+def _too_large(width: int, height: int, file: Path) -> BadInputError:
+    """The error for a picture over the limits, naming a size that would be accepted."""
+    pixels = width * height
+    scale = min(1.0, MAX_IMAGE_SIDE / max(width, height), math.sqrt(MAX_IMAGE_PIXELS / pixels))
+    fit_width, fit_height = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    limit = (
+        f"more than {MAX_IMAGE_SIDE} px per side"
+        if max(width, height) > MAX_IMAGE_SIDE
+        else f"more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels FaceMagic opens"
+    )
+    return BadInputError(
+        f"the image is {width}x{height} pixels ({pixels / 1e6:.0f} megapixels), {limit}",
+        where=str(file),
+        fix=f"resize it first, e.g. to {fit_width}x{fit_height}",
+    )
+
+
+def _header_size(file: Path) -> tuple[int, int] | None:
+    """The size a picture's header states, read the way ``Image.open`` does but without its pixel limit
+    (which raises before the size can be seen); None when no Pillow format reads it."""
+    Image.init()
+    with open(file, "rb") as stream:
+        prefix = stream.read(16)
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            if accept is not None and not accept(prefix):
+                continue
+            stream.seek(0)
+            try:
+                return tuple(factory(stream, str(file)).size)  # type: ignore[return-value]
+            except Exception:  # each format plugin raises its own errors on files of other formats
+                continue
+    return None
 
 
 def rgb_uint8_to_tensor(rgb: npt.NDArray[np.uint8]) -> torch.Tensor:

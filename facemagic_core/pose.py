@@ -578,17 +578,24 @@ def draw_pose_overlay(
             spread = max(float(np.ptp(target[face][:, 0])), float(np.ptp(target[face][:, 1])), 1.0)
             radius = max(1, round(spread / 60))
             thickness = max(1, round(spread / 150))
+            # A result without a face (NaN in its report) has no landmarks of its own: only the target's are drawn.
+            measured = reports is None or math.isfinite(reports[face].nme)
             for a, b in zip(target[face], result[face], strict=True):
                 start = (round(float(a[0])), round(float(a[1])))
                 end = (round(float(b[0])), round(float(b[1])))
-                cv2.line(canvas, start, end, (1.0, 1.0, 0.0), thickness, cv2.LINE_AA)
+                if measured:
+                    cv2.line(canvas, start, end, (1.0, 1.0, 0.0), thickness, cv2.LINE_AA)
                 cv2.circle(canvas, start, radius, _TARGET_COLOUR, -1, cv2.LINE_AA)
-                cv2.circle(canvas, end, radius, _RESULT_COLOUR, -1, cv2.LINE_AA)
+                if measured:
+                    cv2.circle(canvas, end, radius, _RESULT_COLOUR, -1, cv2.LINE_AA)
             if reports is not None:
                 report = reports[face]
                 worst = int(np.argmax(np.asarray(report.pose_diff)))
                 text = "pass" if report.passed else "FAIL"
-                text += f" d{('yaw', 'pitch', 'roll')[worst]} {report.pose_diff[worst]:.0f} nme {report.nme:.2f}"
+                if measured:
+                    text += f" d{('yaw', 'pitch', 'roll')[worst]} {report.pose_diff[worst]:.0f} nme {report.nme:.2f}"
+                else:
+                    text += f" {report.reason}"
                 scale = max(0.3, spread / 250)
                 low_x = float(min(target[face][:, 0].min(), result[face][:, 0].min()))
                 low_y = float(min(target[face][:, 1].min(), result[face][:, 1].min()))

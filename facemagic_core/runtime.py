@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import torch
 
 from .errors import BadInputError, ModelIntegrityError, ModelNotFoundError, ProviderError
+from .files import describe_file_kind
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -365,8 +366,9 @@ def create_session(
     path = Path(path)
     label = what or path.name
     if not path.is_file():
+        kind = describe_file_kind(path)
         raise ModelNotFoundError(
-            f"the model file of {label} does not exist",
+            f"the model file of {label} " + ("does not exist" if kind == "missing" else f"is {kind}, not a file"),
             where=str(path),
             fix="download it with 'facemagic models download NAME' or put the file at that path",
         )

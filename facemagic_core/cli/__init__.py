@@ -7,12 +7,16 @@ function that adds its parser and sets ``handler`` (``(argparse.Namespace) -> in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..errors import FaceMagicError
@@ -48,14 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that loads models."""
+def add_model_options(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    """Options shared by every command that uses the model folder (``device``: and runs models)."""
     parser.add_argument(
         "--models",
         type=Path,
         default=DEFAULT_MODEL_DIR,
-        help="folder holding the model files; missing ones are downloaded there (default: %(default)s)",
+        help="folder holding the model files; missing ones are downloaded there (default: $FACEMAGIC_MODELS or "
+        "%(default)s)",
     )
+    if not device:
+        return
     parser.add_argument(
         "--device",
         default="auto",
@@ -84,11 +91,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        code: int = args.handler(args)
+        with _terminate_like_interrupt():
+            code: int = args.handler(args)
     except FaceMagicError as error:
         print(f"facemagic: error: {error}", file=sys.stderr)
         return 1
+    except _Terminated:
+        print("facemagic: stopped by SIGTERM; files being written were removed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("facemagic: cancelled", file=sys.stderr)
         return 130
     return code
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a container stop, a job scheduler) while a command runs."""
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does: files being written are removed, not left half done.
+
+    Python's default for SIGTERM is to die at once, without running ``finally`` blocks, so an
+    atomic writer's temporary ``.partial`` file stayed behind. Only the main thread gets signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInputError, ModelNotFoundError
-from ..files import check_output_path
+from ..files import check_output_path, check_outputs_not_inputs
 from ..identity import (
     IDENTITY_SUFFIX,
     SourceFace,
@@ -371,6 +371,8 @@ def run_identity(args: argparse.Namespace) -> int:
                 fix=f"name it {preview.stem}.png or {preview.stem}.jpg",
             )
         check_output_path(preview)
+    outputs = [("-o", output), ("--preview", args.preview)]
+    check_outputs_not_inputs(outputs, paths, where="facemagic identity")
     images = [load_image(path) for path in paths]
     analyzer = build_analyzer(
         args.models, args.detector, args.device, detector_model=args.detector_model, recognizer=args.recognizer

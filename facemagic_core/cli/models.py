@@ -148,7 +148,7 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
 
     listing = actions.add_parser("list", help="the models FaceMagic knows, where they go, and which are present")
-    add_model_options(listing)
+    add_model_options(listing, device=False)
     listing.add_argument("--markdown", action="store_true", help="print the registry as Markdown table rows")
     listing.set_defaults(handler=run_list)
 
@@ -162,12 +162,12 @@ def register(subparsers: Any) -> None:
         "names", nargs="+", metavar="NAME", help="registry names (see 'facemagic models list'), or all"
     )
     download.add_argument("--verify", action="store_true", help="hash present files again even if they look unchanged")
-    add_model_options(download)
+    add_model_options(download, device=False)
     download.set_defaults(handler=run_download)
 
     verify = actions.add_parser("verify", help="hash the model files present and compare with the lock file")
     verify.add_argument("names", nargs="*", metavar="NAME", help="models to check (default: every model present)")
-    add_model_options(verify)
+    add_model_options(verify, device=False)
     verify.set_defaults(handler=run_verify)
 
     doctor = actions.add_parser(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
-from ..files import check_output_path
+from ..files import check_output_path, check_outputs_not_inputs
 from ..generators.config import TEMPLATES
 from . import add_model_options, progress_printer
 from . import identity as identity_command
@@ -100,6 +100,14 @@ def run_prepare(args: argparse.Namespace) -> int:
     if not data.is_dir():
         raise BadInputError("the data folder does not exist", where=str(data), fix="give a folder of photos")
     check_output_path(Path(args.output) / "manifest.json")  # before any model is loaded
+    if Path(args.output).is_dir() and Path(args.output).resolve() == data.resolve():
+        raise BadInputError(
+            "the cache folder is the data folder: the cache would be written among the photos",
+            where=str(data),
+            fix=f"give another cache folder, e.g. -o {data.parent / (data.name + '_cache')}",
+        )
+    photos = [path for path in data.iterdir() if path.is_file()]
+    check_outputs_not_inputs([("-o", Path(args.output) / "*")], photos, where="facemagic prepare")
     analyzer = identity_command.build_analyzer(
         args.models, args.detector, args.device, detector_model=args.detector_model, recognizer=args.recognizer
     )

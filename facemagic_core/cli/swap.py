@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..blend import COLOUR_METHODS, MASK_KINDS
 from ..errors import BadInputError
-from ..files import check_output_path
+from ..files import check_input_file, check_output_path, check_outputs_not_inputs
 from ..identity import IDENTITY_SUFFIX, extract_identity, load_identity, mix_coarse_fine
 from ..images import ALPHA_SUFFIXES, load_alpha, load_image, save_image
 from ..pipeline import (
@@ -45,6 +44,8 @@ IMAGE_OUTPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".t
 MIX_PARTS = ("coarse", "fine")
 #: Failing faces printed in full for a video (the rest are counted).
 MAX_FAILURES_SHOWN = 10
+#: SwapOptions fields whose range errors are reported under their command-line option (--erosion ...).
+_OPTION_FIELDS = ("erosion", "feather", "strength", "weave", "chunk_size")
 #: Frames without a face listed by number (the rest are counted).
 MAX_FRAMES_LISTED = 20
 
@@ -126,7 +127,8 @@ def register(subparsers: Any) -> None:
         metavar="PART=FILE",
         help="mix two people: coarse=FILE gives the face shape (the generator's coarse blocks), fine=FILE the "
         "details (its fine blocks); each FILE is a photo or an identity file. Needs a generator with several "
-        "blocks (native FaceMagic models; ONNX swappers have one)",
+        "identity blocks: native FaceMagic models, and inswapper-layout .onnx files (inswapper, reswapper), which "
+        "are converted to six blocks; hyperswap and other ONNX swappers have one",
     )
     who.add_argument(
         "--coarse-blocks",
@@ -320,16 +322,7 @@ def build_identity(args: argparse.Namespace, analyzer: FaceAnalyzer, generator: 
     """The identity to inject, from --source, --identity or --mix (exactly one of them).
 
     Several --identity files give one identity per face (a list, in face order)."""
-    given = [name for name in ("source", "identity", "mix") if getattr(args, name)]
-    if len(given) != 1:
-        raise BadInputError(
-            "say who to put in with exactly one of --source, --identity or --mix"
-            + (f" (got {', '.join('--' + name for name in given)})" if given else ""),
-            where="facemagic swap",
-            fix="e.g. --source me.jpg, or --identity me.safetensors",
-        )
-    if args.coarse_blocks is not None and not args.mix:
-        raise BadInputError("--coarse-blocks only works with --mix", where="facemagic swap")
+    check_who(args)
     if args.identity:
         identities = [_load_named_identity(path) for path in args.identity]
         return identities[0] if len(identities) == 1 else identities
@@ -354,6 +347,37 @@ def build_identity(args: argparse.Namespace, analyzer: FaceAnalyzer, generator: 
             "fine details to different people: the coarse identity is used. Use a native FaceMagic model for mixing."
         )
     return mix_coarse_fine(coarse, fine, num_blocks=blocks, coarse_blocks=args.coarse_blocks)
+
+
+def check_who(args: argparse.Namespace) -> None:
+    """Exactly one of --source, --identity and --mix (checked before any model is loaded)."""
+    given = [name for name in ("source", "identity", "mix") if getattr(args, name)]
+    if len(given) != 1:
+        raise BadInputError(
+            "say who to put in with exactly one of --source, --identity or --mix"
+            + (f" (got {', '.join('--' + name for name in given)})" if given else ""),
+            where="facemagic swap",
+            fix="e.g. --source me.jpg, or --identity me.safetensors",
+        )
+    if args.coarse_blocks is not None and not args.mix:
+        raise BadInputError("--coarse-blocks only works with --mix", where="facemagic swap")
+
+
+def check_options_before_loading(args: argparse.Namespace, *, video: bool) -> None:
+    """Every mistake in the options that needs no model, before the (slow, maybe downloading) model loads."""
+    check_who(args)
+    try:
+        build_options(args, video=video)  # SwapOptions checks the ranges (--erosion, --strength, ...)
+    except BadInputError as error:  # name the option as typed: "--erosion must lie ...", not "erosion must ..."
+        first = error.what.split(" ", 1)[0]
+        option = f"--{first.replace('_', '-')}" if first in _OPTION_FIELDS else first
+        raise BadInputError(option + error.what[len(first) :], where="facemagic swap", fix=error.fix) from error
+    if args.mask == "hull" and args.detector == "yunet":
+        raise BadInputError(
+            "--mask hull needs 68- or 106-point landmarks, and --detector yunet gives only 5 points",
+            where="facemagic swap",
+            fix="add --detector insightface (the buffalo_l pack has the landmark model), or use --mask ellipse",
+        )
 
 
 def build_options(args: argparse.Namespace, *, video: bool) -> SwapOptions:
@@ -453,23 +477,17 @@ def check_identity_kinds(args: argparse.Namespace) -> None:
 
 
 def check_output_not_an_input(output: Path, args: argparse.Namespace) -> None:
-    """Refuse an output path that is the target or a source file: the swap would replace the user's original."""
-    if not output.exists():
-        return
+    """Refuse an output (the result, a pose-debug picture) that would replace the target or a source file."""
     inputs: list[Path] = [
         args.target,
         *(args.source or []),
         *(args.identity or []),
         *(path for _, path in args.mix or []),
     ]
-    for path in inputs:
-        if path.exists() and os.path.samefile(path, output):
-            other = output.with_name(f"{output.stem}_swapped{output.suffix}")
-            raise BadInputError(
-                "the output would replace an input file of this swap, and the original would be lost",
-                where=str(output),
-                fix=f"write the result to another file, e.g. -o {other}",
-            )
+    debug = args.pose_debug / "frame_*.png" if args.pose_debug is not None else None
+    check_outputs_not_inputs(
+        [("-o", output), ("--pose-debug", debug)], inputs, where="facemagic swap", rename="_swapped"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,13 +521,13 @@ def run_swap(args: argparse.Namespace) -> int:
             where=str(target),
             fix="name one photo or video in it (run the command once per file to swap several)",
         )
-    if not target.is_file():
-        raise BadInputError("the target file does not exist", where=str(target), fix="check the path")
+    check_input_file(target, what="target file")
     check_output_path(output)  # before any model is loaded or frame swapped
     check_output_not_an_input(output, args)
     check_identity_kinds(args)
     if args.pose_debug is not None:
         check_output_path(args.pose_debug / "frame_00000.png")
+    check_options_before_loading(args, video=video)
     if args.pose_debug is not None and not args.pose_check:
         print("note: --pose-debug turns on --pose-check")
 

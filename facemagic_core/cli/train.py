@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError
+from ..files import check_outputs_not_inputs
 from . import add_model_options, progress_printer
 from . import identity as identity_command
 
@@ -111,6 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..training.trainer import Trainer
 
     config = _load_config(args)
+    check_outputs_not_inputs([("-o", Path(args.output) / "*")], [Path(args.data) / "manifest.json"], where="train")
     device = resolve_device(args.device)
     cache = FaceCache(args.data)
     teacher = None

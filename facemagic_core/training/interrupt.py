@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 
 class DeferredInterrupt:
-    """The first Ctrl-C (SIGINT) inside :meth:`held` is held until the caller checks :attr:`requested`.
+    """The first Ctrl-C (SIGINT) or SIGTERM inside :meth:`held` is held until the caller checks :attr:`requested`.
 
     A job checks it after each unit of work (a training step, a photo) and then saves what is
     done and raises ``KeyboardInterrupt`` itself: a unit interrupted half way could leave a state
@@ -30,16 +30,19 @@ class DeferredInterrupt:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
 
         def hold(number: int, frame: Any) -> None:
             if self.requested:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
             self.requested = True
-            logger.warning("Ctrl-C: finishing %s, then saving what is done (press again to stop at once)", self.what)
+            name = "Ctrl-C" if number == signal.SIGINT else "SIGTERM"
+            logger.warning("%s: finishing %s, then saving what is done (press again to stop at once)", name, self.what)
 
-        signal.signal(signal.SIGINT, hold)
+        for number in previous:
+            signal.signal(number, hold)
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
