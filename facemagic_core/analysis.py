@@ -140,9 +140,53 @@ def _check_role(runner: Any, path: Path, role: str, tasks: tuple[str, ...]) -> N
         )
 
 
+#: The outputs OpenCV's FaceDetectorYN asks a YuNet graph for, by name.
+YUNET_OUTPUTS = frozenset(f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32))
+
+
+def _check_yunet_file(path: Path) -> None:
+    """Refuse, before OpenCV reads it, an ONNX file that is no YuNet (a recogniser given as the detector loaded
+    and then failed on the first picture with an OpenCV traceback) or that keeps data outside its folder (OpenCV
+    follows ``../..`` where onnxruntime refuses)."""
+    import onnx
+
+    from .hub import onnx_external_data
+
+    onnx_external_data(path)
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # protobuf's errors: OpenCV then says the file cannot be read
+        return
+    outputs = [output.name for output in graph.output]
+    if YUNET_OUTPUTS.issubset(outputs):
+        return
+    shapes = [[d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in graph.output]
+    looks = (
+        " (one 512- or 128-wide output: a face recogniser?)"
+        if len(shapes) == 1
+        and shapes[0][-1:]
+        in (
+            [512],
+            [128],
+        )
+        else ""
+    )
+    raise BadInputError(
+        f"the file given as the YuNet detector is not a YuNet model: OpenCV's FaceDetectorYN needs the outputs "
+        f"cls/obj/bbox/kps_8/16/32, this file has {', '.join(outputs[:6]) or 'none'}{looks}",
+        where=str(path),
+        fix="pass face_detection_yunet_2023mar.onnx ('facemagic models download yunet') as --detector-model, "
+        "or leave --detector-model out",
+    )
+
+
 def _load_yunet(path: Path, threshold: float) -> cv2.FaceDetectorYN:
     path = _check_model_file(Path(path), "YuNet detector")
+    _check_yunet_file(path)
+    logging_level = cv2.utils.logging.getLogLevel()
     try:
+        # OpenCV 5 warns "setPreferableTarget: Targets are not supported by the new graph engine" on every load.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         # The input size given here is a placeholder: _detect_yunet sets each picture's own size before detecting.
         placeholder_size = (DET_SIZE_STEP, DET_SIZE_STEP)
         detector = cv2.FaceDetectorYN.create(
@@ -154,6 +198,8 @@ def _load_yunet(path: Path, threshold: float) -> cv2.FaceDetectorYN:
             where=str(path),
             fix="the file is damaged or not a YuNet ONNX model: download face_detection_yunet_2023mar.onnx again",
         ) from error
+    finally:
+        cv2.utils.logging.setLogLevel(logging_level)
     logger.info("YuNet face detector %s loaded (OpenCV %s, CPU)", path.name, cv2.__version__)
     return detector
 
@@ -479,7 +525,8 @@ class FaceAnalyzer:
         Faces carry a box, a score and 5 landmarks; an image without faces gives an empty list.
         """
         check_images(images, where="images to analyse")
-        return [self._detect_image(tensor_to_bgr_uint8(images[index]), index) for index in range(images.shape[0])]
+        with runtime.onnxruntime_errors("the face detector", str(self.detector_path)):
+            return [self._detect_image(tensor_to_bgr_uint8(images[index]), index) for index in range(images.shape[0])]
 
     def analyze(
         self, images: torch.Tensor, *, landmarks: bool = True, embeddings: bool = True, attributes: bool = True
@@ -488,6 +535,12 @@ class FaceAnalyzer:
         and ``landmarks``), gender and age (when it has a genderage model and ``attributes``), then
         embeddings of all faces in one batched call (when it has a recogniser and ``embeddings``)."""
         check_images(images, where="images to analyse")
+        with runtime.onnxruntime_errors("the face analysis models", str(self.detector_path)):
+            return self._analyze_checked(images, landmarks=landmarks, embeddings=embeddings, attributes=attributes)
+
+    def _analyze_checked(
+        self, images: torch.Tensor, *, landmarks: bool, embeddings: bool, attributes: bool
+    ) -> list[list[Face]]:
         per_image: list[list[Face]] = []
         for index in range(images.shape[0]):
             bgr = tensor_to_bgr_uint8(images[index])
@@ -517,7 +570,8 @@ class FaceAnalyzer:
                 fix="pass recognizer=<w600k_r50.onnx> or load a pack that contains one (buffalo_l)",
             )
         check_images(images, where="images to embed")
-        return self._embed_checked(images, faces)
+        with runtime.onnxruntime_errors("the face recogniser", repr(self)):
+            return self._embed_checked(images, faces)
 
     def _embed_checked(self, images: torch.Tensor, faces: Sequence[Face]) -> list[Face]:
         """:meth:`embed_faces` for images already checked (each check reads every pixel once)."""
@@ -596,8 +650,15 @@ class FaceAnalyzer:
         else:
             picture = bgr
         small_h, small_w = picture.shape[:2]
-        yunet.setInputSize((small_w, small_h))
-        _, rows = yunet.detect(picture)
+        try:
+            yunet.setInputSize((small_w, small_h))
+            _, rows = yunet.detect(picture)
+        except cv2.error as error:
+            raise ModelIntegrityError(
+                f"OpenCV's YuNet detector failed: {str(error).strip().splitlines()[-1]}",
+                where=f"{self.detector_path}, image {image_index + 1}",
+                fix="the detector file is damaged or not a YuNet model: download face_detection_yunet_2023mar.onnx",
+            ) from error
         if rows is None:
             return []
         # Back to the full image, pixel centres at integers: x = (x_small + 0.5) * width / small_w - 0.5.

@@ -49,5 +49,9 @@ class ProviderError(FaceMagicError):
     """onnxruntime cannot give the execution provider that was asked for."""
 
 
+class OutOfMemoryError(FaceMagicError):
+    """A device (GPU or CPU) ran out of memory; callers that work in chunks halve the chunk and retry."""
+
+
 class CancelledError(FaceMagicError):
     """The run was cancelled by the user; nothing was written."""

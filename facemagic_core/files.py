@@ -175,3 +175,88 @@ def check_outputs_not_inputs(
                     where=f"{where}: {output}",
                     fix=f"give {other_option} another name",
                 )
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], *, timeout: float) -> Iterator[None]:
+    """Hold an exclusive lock named by the file ``path`` across processes; the file is removed again on release.
+
+    filelock's Unix lock leaves its (empty) lock file behind, so every model folder gathered
+    ``.lock`` files, one per model and run. Here the holder deletes the file while it still
+    holds the lock; a waiter that then gets the lock on the deleted file notices (the path no
+    longer names the file it locked) and tries again on the new one. Without ``fcntl``
+    (Windows) filelock is used, which removes its file there itself.
+    """
+    import time
+
+    lock_path = Path(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        from filelock import FileLock
+
+        with FileLock(str(lock_path), timeout=timeout):
+            yield
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        descriptor = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"could not lock {lock_path} within {timeout:g} s") from None
+                    time.sleep(0.05)
+            try:
+                current = os.stat(lock_path)
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(descriptor)
+            if current is None or (current.st_ino, current.st_dev) != (held.st_ino, held.st_dev):
+                continue  # the previous holder removed this file: lock the new one
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock_path)
+            return
+        finally:
+            os.close(descriptor)  # closing releases the lock
+
+
+#: Limits of the JSON FaceMagic reads from files it did not write itself (identity metadata, lock files, configs).
+MAX_JSON_BYTES = 16 << 20
+MAX_JSON_DEPTH = 64
+
+
+def load_json_bounded(
+    text: str | bytes, *, where: str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
+) -> object:
+    """``json.loads`` that refuses text over ``max_bytes`` or nested deeper than ``max_depth`` with BadInputError.
+
+    Deeply nested JSON (``[[[[...]]]]``) made ``json.loads`` raise RecursionError, which
+    escaped every handler. The depth is measured before parsing, outside string literals.
+    Invalid JSON raises BadInputError as well.
+    """
+    import json
+    import re
+
+    import numpy as np
+
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if len(data) > max_bytes:
+        raise BadInputError(f"the JSON is {len(data)} bytes, more than the {max_bytes} accepted", where=where)
+    bare = re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', data)
+    codes = np.frombuffer(bare, dtype=np.uint8)
+    steps = np.isin(codes, (ord("["), ord("{"))).astype(np.int32) - np.isin(codes, (ord("]"), ord("}")))
+    depth = int(np.cumsum(steps).max()) if steps.size else 0
+    if depth > max_depth:
+        raise BadInputError(f"the JSON is nested {depth} levels deep, more than the {max_depth} accepted", where=where)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise BadInputError(f"not valid JSON: {error}", where=where) from error

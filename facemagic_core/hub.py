@@ -47,8 +47,8 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, Literal, TypedDict, cast, get_args
 
-from .errors import FaceMagicError, ModelIntegrityError, ModelNotFoundError
-from .files import atomic_write_bytes
+from .errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
+from .files import atomic_write_bytes, exclusive_lock, load_json_bounded
 from .types import ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,14 @@ _DOWNLOAD_WAIT_SECONDS = 3600
 #: How long a process waits for another one to finish writing the lock file (milliseconds of work).
 _LOCK_FILE_WAIT_SECONDS = 600
 _HASH_CHUNK = 8 << 20
+#: Limits of a pack archive (insightface's packs: 5 members, about 350 MB, compressed about 1.1:1).
+MAX_ARCHIVE_MEMBERS = 256
+MAX_ARCHIVE_MEMBER_BYTES = 2 << 30
+MAX_ARCHIVE_BYTES = 4 << 30
+#: Largest expansion accepted for a member of more than _RATIO_CHECK_BYTES (zip bombs reach 1000:1 and more).
+MAX_COMPRESSION_RATIO = 100
+_RATIO_CHECK_BYTES = 1 << 20
+_READABLE_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 
 INSIGHTFACE_LICENCE = "non-commercial research only (insightface pretrained models)"
 UNKNOWN_LICENCE = "unknown, check upstream"
@@ -415,6 +423,7 @@ class LockEntry(TypedDict, total=False):
     revision: str  # commit it was downloaded from
     archive_sha256: str
     recorded_at: str
+    external_data: list[str]  # of an .onnx: the files it keeps tensors in, relative to its folder
 
 
 def _now_iso() -> str:
@@ -448,19 +457,16 @@ class _LockFile:
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
-        from filelock import FileLock
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path.with_name(f".{self.path.name}.lock")), timeout=_LOCK_FILE_WAIT_SECONDS):
+        with exclusive_lock(self.path.with_name(f".{self.path.name}.lock"), timeout=_LOCK_FILE_WAIT_SECONDS):
             yield
 
     def read(self) -> dict[str, Any]:
         empty: dict[str, Any] = {"format": LOCK_FORMAT_VERSION, "files": {}, "archives": {}}
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = load_json_bounded(self.path.read_bytes(), where=str(self.path))
         except FileNotFoundError:
             return empty
-        except (OSError, ValueError) as error:
+        except (OSError, BadInputError) as error:
             broken = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
             with contextlib.suppress(OSError):
                 os.replace(self.path, broken)
@@ -474,7 +480,8 @@ class _LockFile:
             return empty
         if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
             return empty
-        data.setdefault("archives", {})
+        if not isinstance(data.get("archives"), dict):
+            data["archives"] = {}
         return data
 
     def entry(self, key: str) -> LockEntry | None:
@@ -519,8 +526,117 @@ def _integrity_fix(path: Path, lock_path: Path) -> str:
     )
 
 
-def _verify_file(path: Path, key: str, lock: _LockFile, *, verify: Verify, spec: ModelSpec) -> None:
-    """Check ``path`` against its lock entry; record it (trust on first use) when it has none."""
+def _checked_entry(entry: LockEntry, key: str, path: Path, lock: _LockFile) -> LockEntry:
+    """``entry`` when its fields have their types, else a ModelIntegrityError naming the field (a null size was a
+    TypeError traceback, a null sha256 an "altered" file)."""
+    problems = []
+    for field, required in (("sha256", True), ("size", True), ("mtime_ns", False), ("hashed_at_ns", False)):
+        value = entry.get(field)
+        if value is None and not required and field not in entry:
+            continue
+        if field == "sha256":
+            good = isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+        else:
+            good = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if not good:
+            problems.append(f"{field} is {json.dumps(value)}")
+    if problems:
+        raise ModelIntegrityError(
+            f"the lock file's entry for {key} is damaged ({', '.join(problems)})",
+            where=str(lock.path),
+            fix=f"remove the entry {json.dumps(key)} from {lock.path} (the file is then hashed and recorded again on "
+            f"its next load), or delete {path} to download it again",
+        )
+    return entry
+
+
+def _check_inside(path: Path, folder: Path, spec: ModelSpec) -> None:
+    """Refuse a model file that is (or lies under) a link leading outside ``folder``: nothing else is read."""
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(Path(os.path.realpath(folder))):
+        raise ModelIntegrityError(
+            f"the model file of {spec.name} is a link to {real}, outside the model folder; FaceMagic reads model "
+            "files only inside it",
+            where=str(path),
+            fix=f"copy the file into {folder} (e.g. cp --dereference), or point --models at the folder that holds it",
+        )
+
+
+def onnx_external_data(path: Path) -> list[Path]:
+    """The external-data files an ONNX model reads, each checked to lie inside the model file's folder.
+
+    An ONNX file may keep its tensors in other files named by relative paths (``location``).
+    onnxruntime refuses locations outside the model's folder, but OpenCV's loader (YuNet)
+    follows ``../..`` and absolute paths: such a file raises ModelIntegrityError here. Files
+    that are not ONNX models (or do not parse) give an empty list; their loaders say why.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: the loader reports the damage
+        return []
+    folder = Path(os.path.realpath(path.parent))
+    found: dict[str, Path] = {}
+    for tensor in _onnx_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        target = Path(os.path.realpath(folder / location)) if location else folder
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder) or target == folder:
+            raise ModelIntegrityError(
+                f"the ONNX model keeps tensor {tensor.name!r} in {location!r}, outside its own folder",
+                where=str(path),
+                fix="do not use this file: a model may only read external data beside it",
+            )
+        found[location] = path.parent / location
+    return list(found.values())
+
+
+def _onnx_tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor of an ONNX graph: initializers and node attributes, in subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _onnx_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _onnx_tensors(subgraph)
+
+
+def _verify_file(
+    path: Path, key: str, lock: _LockFile, *, verify: Verify, spec: ModelSpec, folder: Path | None = None
+) -> None:
+    """Check ``path`` against its lock entry; record it (trust on first use) when it has none.
+
+    ``folder`` (default: the lock's model folder) is where the file must really lie (links leading
+    elsewhere are refused). The external-data files of an ``.onnx`` are checked the same way, each
+    with its own lock entry.
+    """
+    inside = folder or lock.path.parent
+    _check_inside(path, inside, spec)
+    hashed = _verify_one_file(path, key, lock, verify=verify, spec=spec)
+    if path.suffix.lower() != ".onnx":
+        return
+    entry = lock.entry(key)
+    names = entry.get("external_data") if entry is not None and not hashed else None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        # Parsed once per new or changed file (a 554 MB graph takes about a second); recorded for later loads.
+        names = [external.relative_to(path.parent).as_posix() for external in onnx_external_data(path)]
+        if entry is not None:
+            lock.update({key: cast(LockEntry, {**entry, "external_data": names})})
+    for name in names:
+        external = path.parent / name
+        _check_inside(external, inside, spec)
+        if external.is_file():  # a missing one is named by the loader
+            _verify_one_file(external, _lock_key(external, lock.path.parent), lock, verify=verify, spec=spec)
+
+
+def _verify_one_file(path: Path, key: str, lock: _LockFile, *, verify: Verify, spec: ModelSpec) -> bool:
+    """Check one file against its lock entry (record it when it has none); True when it was hashed now."""
     stat = path.stat()
     entry = lock.entry(key)
     if entry is None:
@@ -548,8 +664,9 @@ def _verify_file(path: Path, key: str, lock: _LockFile, *, verify: Verify, spec:
                 )
             }
         )
-        return
-    expected_size = int(entry.get("size", -1))
+        return True
+    entry = _checked_entry(entry, key, path, lock)
+    expected_size = entry["size"]
     if stat.st_size != expected_size:
         state = "truncated" if stat.st_size < expected_size else "longer than recorded"
         raise ModelIntegrityError(
@@ -559,11 +676,11 @@ def _verify_file(path: Path, key: str, lock: _LockFile, *, verify: Verify, spec:
             fix=_integrity_fix(path, lock.path),
         )
     unchanged = stat.st_mtime_ns == entry.get("mtime_ns") and stat.st_mtime_ns + RACY_WINDOW_NS < int(
-        entry.get("hashed_at_ns", 0)
+        entry.get("hashed_at_ns") or 0
     )
     if verify == "fast" and unchanged:
         logger.debug("%s unchanged since its last hash (size and mtime); not hashed again", path)
-        return
+        return False
     started = time.time_ns()
     digest = sha256_file(path)
     if digest != entry.get("sha256"):
@@ -578,6 +695,7 @@ def _verify_file(path: Path, key: str, lock: _LockFile, *, verify: Verify, spec:
     entry["mtime_ns"] = stat.st_mtime_ns
     entry["hashed_at_ns"] = started
     lock.update({key: entry})
+    return True
 
 
 def recorded_hashes(model: str | ModelSpec, model_dir: Path) -> dict[Path, str]:
@@ -819,43 +937,104 @@ def _record(fetched: _Fetched, spec: ModelSpec, source: str, path: Path) -> Lock
     )
 
 
-def _safe_members(archive: zipfile.ZipFile, where: str) -> tuple[list[zipfile.ZipInfo], str]:
-    """The archive's file members and the single top folder to strip ("" if none); refuse unsafe names."""
-    members = [info for info in archive.infolist() if not info.is_dir()]
-    for info in members:
+def _archive_error(spec: ModelSpec, url: str, what: str, fix: str = "") -> ModelIntegrityError:
+    return ModelIntegrityError(
+        f"the downloaded archive of {spec.name} {what}",
+        where=url,
+        fix=fix or "do not use this archive; nothing was put in place",
+    )
+
+
+def _pack_members(archive: zipfile.ZipFile, spec: ModelSpec, url: str) -> dict[str, zipfile.ZipInfo]:
+    """The members to extract, by pack file name: only the pack's own files, each checked before a byte is read.
+
+    Refused: unsafe names (absolute, ``..``, backslashes, links), a pack file given twice, more
+    than :data:`MAX_ARCHIVE_MEMBERS` members, a member over :data:`MAX_ARCHIVE_MEMBER_BYTES` or
+    a total over :data:`MAX_ARCHIVE_BYTES`, a large member compressed more than
+    :data:`MAX_COMPRESSION_RATIO` to 1 (a zip bomb), encrypted members and compression methods
+    Python cannot read (Deflate64, ...). A pack's files may sit at the root or in one folder;
+    every other member (a readme, ``__MACOSX/``...) is left in the archive.
+    """
+    infos = archive.infolist()
+    if len(infos) > MAX_ARCHIVE_MEMBERS:
+        raise _archive_error(spec, url, f"has {len(infos)} members, more than the {MAX_ARCHIVE_MEMBERS} accepted")
+    chosen: dict[str, zipfile.ZipInfo] = {}
+    folders: set[PurePosixPath] = set()
+    for info in infos:
         name = PurePosixPath(info.filename)
         mode = (info.external_attr >> 16) & 0o170000
         if name.is_absolute() or ".." in name.parts or "\\" in info.filename or mode == 0o120000:
-            raise ModelIntegrityError(
-                f"the archive holds an unsafe entry {info.filename!r}", where=where, fix="do not use this archive"
+            raise _archive_error(spec, url, f"holds an unsafe entry {info.filename!r}")
+        if info.is_dir() or name.name not in spec.pack_files or len(name.parts) > 2:
+            continue
+        if name.name in chosen:
+            raise _archive_error(spec, url, f"holds {name.name} twice ({chosen[name.name].filename}, {info.filename})")
+        chosen[name.name] = info
+        folders.add(name.parent)
+    if len(folders) > 1:
+        raise _archive_error(spec, url, f"spreads its models over several folders ({', '.join(map(str, folders))})")
+    skipped = len([info for info in infos if not info.is_dir()]) - len(chosen)
+    if skipped:
+        logger.info("%s: %d member(s) of the archive are not pack files and were not extracted", spec.name, skipped)
+    total = 0
+    for info in chosen.values():
+        where = f"member {info.filename}"
+        if info.flag_bits & 0x1:
+            raise _archive_error(
+                spec, url, f"is encrypted ({where})", fix="use an archive without a password, or extract it yourself"
             )
-    tops = {PurePosixPath(info.filename).parts[0] for info in members}
-    strip = ""
-    if len(tops) == 1 and all(len(PurePosixPath(info.filename).parts) > 1 for info in members):
-        strip = next(iter(tops))
-    return members, strip
+        if info.compress_type not in _READABLE_COMPRESSION:
+            raise _archive_error(
+                spec,
+                url,
+                f"uses compression method {info.compress_type} ({where}; e.g. 9 is Deflate64), which Python cannot "
+                "read",
+                fix=f"extract it with another tool into the folder {spec.local_path} of the model folder",
+            )
+        if info.file_size > MAX_ARCHIVE_MEMBER_BYTES:
+            raise _archive_error(
+                spec, url, f"holds {info.file_size} bytes in {where}, more than {MAX_ARCHIVE_MEMBER_BYTES} accepted"
+            )
+        if info.file_size > _RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            raise _archive_error(
+                spec,
+                url,
+                f"is a zip bomb: {where} expands {info.compress_size} bytes to {info.file_size} "
+                f"(more than {MAX_COMPRESSION_RATIO}:1)",
+            )
+        total += info.file_size
+    if total > MAX_ARCHIVE_BYTES:
+        raise _archive_error(spec, url, f"expands to {total} bytes, more than the {MAX_ARCHIVE_BYTES} accepted")
+    return chosen
 
 
 def _extract(archive_path: Path, destination: Path, spec: ModelSpec, url: str) -> list[str]:
-    """Extract the pack archive into ``destination``; return the relative names of the files."""
+    """Extract the pack's files from its archive into ``destination``; return their names."""
+    import lzma
+    import zlib
+
     names: list[str] = []
     try:
         with zipfile.ZipFile(archive_path) as archive:
-            members, strip = _safe_members(archive, url)
-            for info in members:
-                parts = PurePosixPath(info.filename).parts[1 if strip else 0 :]
-                relative = PurePosixPath(*parts)
-                out = destination / relative
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as source, open(out, "wb") as sink:
-                    shutil.copyfileobj(source, sink, _HASH_CHUNK)  # zipfile checks each member's CRC32
-                names.append(relative.as_posix())
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+            members = _pack_members(archive, spec, url)
+            destination.mkdir(parents=True, exist_ok=True)
+            for name, info in members.items():
+                written = 0
+                with archive.open(info) as source, open(destination / name, "wb") as sink:
+                    while chunk := source.read(_HASH_CHUNK):  # zipfile checks each member's CRC32 at its end
+                        written += len(chunk)
+                        if written > info.file_size:  # never more than the header said (checked above)
+                            raise _archive_error(spec, url, f"member {info.filename} is longer than its header says")
+                        sink.write(chunk)
+                names.append(name)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as error:
         raise ModelIntegrityError(
             f"the downloaded archive of {spec.name} is damaged ({error})",
             where=url,
             fix="run the command again (nothing was put in place)",
         ) from error
+    except (NotImplementedError, RuntimeError) as error:  # a method or an encryption zipfile cannot read
+        raise _archive_error(spec, url, f"cannot be read by Python's zipfile ({error})") from error
     missing = [name for name in spec.pack_files if name not in names]
     if missing:
         raise ModelIntegrityError(
@@ -961,10 +1140,7 @@ def _download_file_pack(
 @contextlib.contextmanager
 def _model_guard(model_dir: Path, spec: ModelSpec) -> Iterator[None]:
     """One process at a time fetches a given model into a given folder."""
-    from filelock import FileLock
-
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(model_dir / f".facemagic-{spec.name}.lock"), timeout=_DOWNLOAD_WAIT_SECONDS):
+    with exclusive_lock(model_dir / f".facemagic-{spec.name}.lock", timeout=_DOWNLOAD_WAIT_SECONDS):
         yield
 
 
@@ -993,7 +1169,7 @@ def ensure_model(
         if is_model_present(spec, folder):
             root = model_path(spec, folder)
             for path in _required_files(spec, root):
-                _verify_file(path, _lock_key(path, model_dir), lock, verify=verify, spec=spec)
+                _verify_file(path, _lock_key(path, model_dir), lock, verify=verify, spec=spec, folder=folder)
             return root
     target = model_path(spec, model_dir)
     endpoint = hub_endpoint()

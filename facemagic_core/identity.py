@@ -46,7 +46,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_safetensors
 
 from .errors import BadInputError, IncompatibleIdentityError, NoFaceError
-from .files import atomic_write_bytes, check_input_file
+from .files import atomic_write_bytes, check_input_file, load_json_bounded
 from .images import check_images
 from .types import FACE_ORDERS, Face, FaceOrder, FloatArray, Identity
 
@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: Version of the identity file layout written by :func:`save_identity`.
 IDENTITY_FORMAT_VERSION = 1
+#: Largest JSON metadata value read from an identity file (sources, weights, extra of hundreds of photos fit).
+MAX_METADATA_BYTES = 1 << 20
 #: Value of the ``format`` metadata key that marks a FaceMagic identity file.
 IDENTITY_FORMAT_NAME = "facemagic.identity"
 #: Suffix of identity files.
@@ -694,10 +696,10 @@ def _damaged(file: Path, what: str) -> BadInputError:
 
 
 def _json_metadata(metadata: Mapping[str, str], key: str, default: str, file: Path) -> object:
-    try:
-        return json.loads(metadata.get(key, default))
-    except json.JSONDecodeError as error:
-        raise _damaged(file, f"the identity file's '{key}' metadata is not valid JSON: {error}") from error
+    try:  # bounded: deeply nested JSON raised RecursionError out of every handler (CLI and node)
+        return load_json_bounded(metadata.get(key, default), where=f"'{key}' metadata", max_bytes=MAX_METADATA_BYTES)
+    except BadInputError as error:
+        raise _damaged(file, f"the identity file's '{key}' metadata is unusable: {error.what}") from error
 
 
 def load_identity(path: str | os.PathLike[str], *, embedding_model: str | None = None) -> Identity:

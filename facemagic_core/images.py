@@ -149,7 +149,7 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
         raise BadInputError(
             f"the image is too large to open safely ({error})",
             where=str(file),
-            fix=f"resize it to at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels and {MAX_IMAGE_SIDE} px per side",
+            fix=f"resize it to at most {_pixel_limit() / 1e6:.3g} megapixels and {MAX_IMAGE_SIDE} px per side",
         ) from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:  # Pillow's parsers raise all four
         raise BadInputError(
@@ -186,26 +186,32 @@ def load_alpha(path: str | os.PathLike[str]) -> torch.Tensor | None:
     return torch.from_numpy(alpha).float().div_(255.0).reshape(1, 1, *alpha.shape)
 
 
+def _pixel_limit() -> int:
+    """Most pixels a picture may have: :data:`MAX_IMAGE_PIXELS`, or Pillow's own refusal limit if lower."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    return min(MAX_IMAGE_PIXELS, 2 * int(pillow)) if pillow else MAX_IMAGE_PIXELS
+
+
 def _check_picture_size(picture: Image.Image, file: Path) -> None:
-    """Refuse a picture with more than :data:`MAX_IMAGE_SIDE` px per side or :data:`MAX_IMAGE_PIXELS` pixels
+    """Refuse a picture with more than :data:`MAX_IMAGE_SIDE` px per side or :func:`_pixel_limit` pixels
     (read from the header: nothing is decoded)."""
     width, height = picture.size
-    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > _pixel_limit():
         raise _too_large(width, height, file)
 
 
 def _too_large(width: int, height: int, file: Path) -> BadInputError:
     """The error for a picture over the limits, naming a size that would be accepted."""
-    pixels = width * height
-    scale = min(1.0, MAX_IMAGE_SIDE / max(width, height), math.sqrt(MAX_IMAGE_PIXELS / pixels))
+    pixels, limit = width * height, _pixel_limit()
+    scale = min(1.0, MAX_IMAGE_SIDE / max(width, height), math.sqrt(limit / max(pixels, 1)))
     fit_width, fit_height = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
-    limit = (
+    reason = (
         f"more than {MAX_IMAGE_SIDE} px per side"
         if max(width, height) > MAX_IMAGE_SIDE
-        else f"more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels FaceMagic opens"
+        else f"more than the {limit / 1e6:.3g} megapixels FaceMagic opens"
     )
     return BadInputError(
-        f"the image is {width}x{height} pixels ({pixels / 1e6:.0f} megapixels), {limit}",
+        f"the image is too large to open safely: {width}x{height} pixels ({pixels / 1e6:.3g} megapixels), {reason}",
         where=str(file),
         fix=f"resize it first, e.g. to {fit_width}x{fit_height}",
     )

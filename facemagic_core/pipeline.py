@@ -69,7 +69,7 @@ from .blend import (
     paste_back,
     poisson_blend,
 )
-from .errors import BadInputError, CancelledError, IncompatibleIdentityError, NoFaceError
+from .errors import BadInputError, CancelledError, IncompatibleIdentityError, NoFaceError, OutOfMemoryError
 from .generators.base import SwapModel, SwapOutput, is_out_of_memory, swap_woven
 from .images import check_images
 from .pose import FAILURE_POLICIES, FailurePolicy, PoseReport, PoseThresholds, apply_pose_policy, check_pose
@@ -1118,7 +1118,7 @@ def swap_faces(
                     options,
                     mask_part,
                 )
-            except (torch.OutOfMemoryError, RuntimeError) as error:
+            except (torch.OutOfMemoryError, RuntimeError, OutOfMemoryError) as error:
                 if not is_out_of_memory(error):
                     raise
                 if part_stop - part_start == 1:

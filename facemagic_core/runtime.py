@@ -15,17 +15,18 @@ the exact commands that repair it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 
-from .errors import BadInputError, ModelIntegrityError, ModelNotFoundError, ProviderError
+from .errors import BadInputError, ModelIntegrityError, ModelNotFoundError, OutOfMemoryError, ProviderError
 from .files import describe_file_kind
 
 if TYPE_CHECKING:
@@ -413,6 +414,46 @@ def create_session(
         ) from error
     report_session_providers(session, requested, label)
     return session
+
+
+#: Words of onnxruntime's (and CUDA's) messages for an allocation that failed.
+_OUT_OF_MEMORY_WORDS = ("failed to allocate memory", "out of memory", "bad_alloc", "alloc_failed", "cudaerrormemory")
+
+
+def onnxruntime_error_types() -> tuple[type[BaseException], ...]:
+    """The exception classes onnxruntime raises while running (they derive from Exception directly)."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+    except ImportError:
+        return ()
+    found = [getattr(state, name) for name in dir(state)]
+    return tuple(kind for kind in found if isinstance(kind, type) and issubclass(kind, Exception))
+
+
+@contextlib.contextmanager
+def onnxruntime_errors(what: str, where: str) -> Iterator[None]:
+    """Turn an onnxruntime error raised while running ``what`` into a FaceMagicError.
+
+    Out of memory becomes :class:`~facemagic_core.errors.OutOfMemoryError`, which chunked
+    callers answer by halving the chunk; anything else (a wrong input shape, a kernel that
+    fails) becomes ModelIntegrityError with onnxruntime's first line.
+    """
+    kinds = onnxruntime_error_types()
+    try:
+        yield
+    except kinds as error:
+        text = (str(error).strip().splitlines() or [type(error).__name__])[0][:400]
+        if any(word in str(error).lower() for word in _OUT_OF_MEMORY_WORDS):
+            raise OutOfMemoryError(
+                f"out of memory while onnxruntime ran {what} ({text})",
+                where=where,
+                fix="process fewer frames at once (--chunk), free memory held by other programs, or use the CPU",
+            ) from error
+        raise ModelIntegrityError(
+            f"onnxruntime failed while running {what}: {type(error).__name__}: {text}",
+            where=where,
+            fix="the model file may be damaged or not the model it is used as; download it again",
+        ) from error
 
 
 # ---------------------------------------------------------------------------------------------

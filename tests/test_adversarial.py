@@ -9,23 +9,35 @@ at most 64x64 pixels) and runs on the CPU in seconds.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import re
 import signal
+import stat
 import struct
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hub_server import FakeHub, point_hub_client_at
 from PIL import Image
+from test_gen_onnx import swap_inputs, write_swapper_graph
+from tiny_models import tiny_facemagic_config, write_arcface
 
+from facemagic_core import hub
 from facemagic_core.cli import main
-from facemagic_core.errors import BadInputError
+from facemagic_core.errors import BadInputError, ModelIntegrityError
 from facemagic_core.files import atomic_path, check_outputs_not_inputs
 from facemagic_core.identity import load_identity
 from facemagic_core.images import MAX_IMAGE_SIDE, load_image
+from facemagic_core.types import Identity
 
 #: Options that never reach a model: every case that uses them is refused before anything is loaded.
 DETECTOR = ["--detector", "yunet", "--device", "cpu"]
@@ -293,3 +305,457 @@ def test_pose_overlay_draws_no_result_points_when_the_result_has_no_face() -> No
     at_points = [(int(y), int(x)) for x, y in points[0]]
     assert all(bool(green[y, x]) for y, x in at_points) and not any(bool(red[y, x]) for y, x in at_points)
     assert torch.equal(image, torch.zeros(1, 3, 64, 64))  # the input is untouched
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Pack archives from the (fake) Hub: bombs, strays, encryption, methods Python cannot read
+
+PACK = ("det_10g.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx", "w600k_r50.onnx")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    with FakeHub() as server:
+        point_hub_client_at(server.endpoint, monkeypatch)
+        yield server
+
+
+def zip_bytes(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def patch_member(data: bytes, name: str, *, flags: int | None = None, method: int | None = None) -> bytes:
+    """Rewrite the general-purpose flags or the compression method of member ``name`` in both of its headers."""
+    out = bytearray(data)
+    encoded = name.encode()
+    for signature, name_at, flags_at in ((b"PK\x03\x04", 30, 6), (b"PK\x01\x02", 46, 8)):
+        start = 0
+        while (start := out.find(signature, start)) >= 0:
+            if out[start + name_at : start + name_at + len(encoded)] == encoded:
+                if flags is not None:
+                    out[start + flags_at : start + flags_at + 2] = struct.pack("<H", flags)
+                if method is not None:
+                    out[start + flags_at + 2 : start + flags_at + 4] = struct.pack("<H", method)
+            start += 4
+    return bytes(out)
+
+
+def serve_pack(hub_server: FakeHub, archive: bytes) -> None:
+    hub_server.add_file("Gourieff/ReActor", "models/buffalo_l.zip", archive, repo_type="dataset")
+
+
+def pack_members(**replaced: bytes) -> dict[str, bytes]:
+    return {
+        name: replaced.get(name.replace(".onnx", "").replace("2d106det", "landmarks"), b"m " + name.encode())
+        for name in PACK
+    }
+
+
+def left_in(model_dir: Path) -> list[str]:
+    """What a refused download left in the model folder (it must be nothing but an empty lock-free folder)."""
+    return sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*")) if model_dir.exists() else []
+
+
+def test_a_zip_bomb_member_is_refused_before_it_is_extracted(fake_hub: FakeHub, tmp_path: Path) -> None:
+    """A member expanding 1000:1 was extracted (and kept)."""
+    members = {name: b"m" for name in PACK}
+    members["det_10g.onnx"] = bytes(20 << 20)  # 20 MB of zeros: about 20 KB compressed
+    serve_pack(fake_hub, zip_bytes(members))
+    with pytest.raises(ModelIntegrityError, match=r"zip bomb: member det_10g.onnx expands \d+ bytes to 20971520"):
+        hub.ensure_model("buffalo_l", tmp_path / "models")
+    assert left_in(tmp_path / "models") == []
+
+
+def test_only_the_pack_files_of_an_archive_are_kept(fake_hub: FakeHub, tmp_path: Path) -> None:
+    """Members that are not pack files (a script, a stray model, macOS metadata) were extracted too."""
+    members = {f"buffalo_l/{name}": b"m " + name.encode() for name in PACK}
+    strays = {
+        "buffalo_l/run_me.sh": b"rm -rf ~",
+        "buffalo_l/extra.onnx": b"x",
+        "__MACOSX/buffalo_l/._det_10g.onnx": b"x",
+    }
+    serve_pack(fake_hub, zip_bytes({**members, **strays}))
+    folder = hub.ensure_model("buffalo_l", tmp_path / "models")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(PACK)
+    assert left_in(tmp_path / "models") == sorted([hub.LOCK_FILE_NAME, "buffalo_l", *(f"buffalo_l/{n}" for n in PACK)])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("encrypted", r"is encrypted \(member w600k_r50.onnx\)"),
+        ("deflate64", r"compression method 9 \(member w600k_r50.onnx; e.g. 9 is Deflate64\)"),
+        ("twice", "holds det_10g.onnx twice"),
+        ("too deep", "lacks det_10g.onnx"),
+        ("link", "unsafe entry 'det_10g.onnx'"),
+        ("truncated", "is damaged"),
+        ("too many", "members, more than the 8 accepted"),
+        ("too large", "expands to 25 bytes, more than the 20 accepted"),
+    ],
+)
+def test_archives_python_cannot_or_should_not_extract_end_in_one_clear_error(
+    damage: str, message: str, fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encrypted and Deflate64 members ended in a RuntimeError / NotImplementedError traceback."""
+    members = {name: b"model" for name in PACK}
+    if damage == "twice":
+        members["sub/det_10g.onnx"] = b"other"
+    if damage == "too deep":
+        members["a/b/det_10g.onnx"] = members.pop("det_10g.onnx")
+    if damage == "too many":
+        members.update({f"readme{n}.txt": b"" for n in range(8)})
+        monkeypatch.setattr(hub, "MAX_ARCHIVE_MEMBERS", 8)
+    if damage == "too large":
+        monkeypatch.setattr(hub, "MAX_ARCHIVE_BYTES", 20)
+    data = zip_bytes(members)
+    if damage == "encrypted":
+        data = patch_member(data, "w600k_r50.onnx", flags=0x1)
+    if damage == "deflate64":
+        data = patch_member(data, "w600k_r50.onnx", method=9)
+    if damage == "link":
+        info = zipfile.ZipInfo("det_10g.onnx")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr(info, "/etc/passwd")
+            for name in PACK[1:]:
+                archive.writestr(name, b"model")
+        data = buffer.getvalue()
+    if damage == "truncated":
+        data = data[: len(data) // 2] + data[len(data) // 2 + 40 :]
+    serve_pack(fake_hub, data)
+    with pytest.raises(ModelIntegrityError, match=message):
+        hub.ensure_model("buffalo_l", tmp_path / "models")
+    assert left_in(tmp_path / "models") == []
+
+
+def test_models_download_of_a_bomb_fails_without_a_traceback(
+    fake_hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    members = {name: b"m" for name in PACK}
+    members["w600k_r50.onnx"] = bytes(8 << 20)
+    serve_pack(fake_hub, zip_bytes(members))
+    code, _, err = run(["models", "download", "buffalo_l", "--models", str(tmp_path / "models")], capsys)
+    assert code == 1 and "zip bomb" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert left_in(tmp_path / "models") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Model files: external data, links, locks, caches
+
+
+def onnx_with_external_data(folder: Path, location: str, *, name: str = "model.onnx") -> Path:
+    """A tiny valid ONNX (y = x * w) whose weight ``w`` lives in the external file ``location``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1, 3, 1, 1])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "12")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["y"])],
+        "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("location", ["../../secret.bin", "/etc/hostname", "sub/../../secret.bin", "escape.bin"])
+def test_a_yunet_file_with_data_outside_its_folder_is_never_given_to_opencv(location: str, tmp_path: Path) -> None:
+    """OpenCV's loader followed ../.. where onnxruntime refuses."""
+    from facemagic_core.analysis import FaceAnalyzer
+
+    (tmp_path / "secret.bin").write_bytes(bytes(12))
+    folder = tmp_path / "a" / "b"
+    path = onnx_with_external_data(folder, location)
+    if location == "escape.bin":  # a link inside the folder that leads out of it
+        (folder / "escape.bin").symlink_to(tmp_path / "secret.bin")
+    with pytest.raises(ModelIntegrityError, match="outside its own folder"):
+        FaceAnalyzer(backend="yunet", detector=path)
+
+
+def test_the_lock_hashes_the_external_data_of_an_onnx_file(tmp_path: Path) -> None:
+    """Only the .onnx was hashed: its weights could be swapped freely."""
+    models = tmp_path / "models"
+    path = onnx_with_external_data(models, "weights.bin", name="face_detection_yunet_2023mar.onnx")
+    (models / "weights.bin").write_bytes(np.ones(3, np.float32).tobytes())
+    hub.ensure_model("yunet", models)
+    entries = json.loads((models / hub.LOCK_FILE_NAME).read_text())["files"]
+    assert entries[path.name]["external_data"] == ["weights.bin"]
+    assert entries["weights.bin"]["sha256"] == hashlib.sha256(np.ones(3, np.float32).tobytes()).hexdigest()
+    (models / "weights.bin").write_bytes(np.full(3, 2.0, np.float32).tobytes())  # same size, other weights
+    with pytest.raises(ModelIntegrityError, match="was altered or damaged"):
+        hub.ensure_model("yunet", models)
+    assert not [p for p in models.iterdir() if p.suffix == ".lock"]
+
+
+@pytest.mark.parametrize("what", ["the model file", "the pack folder"])
+def test_model_files_that_are_links_out_of_the_model_folder_are_refused(what: str, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    models = tmp_path / "models"
+    models.mkdir()
+    if what == "the model file":
+        (elsewhere / "yunet.onnx").write_bytes(b"not read")
+        (models / "face_detection_yunet_2023mar.onnx").symlink_to(elsewhere / "yunet.onnx")
+        name = "yunet"
+    else:
+        for file in ("face_landmark_68_model-weights_manifest.json", "face_landmark_68_model.bin"):
+            (elsewhere / file).write_bytes(b"not read")
+        (models / "faceapi").symlink_to(elsewhere, target_is_directory=True)
+        name = "faceapi_landmark68"
+    with pytest.raises(ModelIntegrityError, match="outside the model folder"):
+        hub.ensure_model(name, models, offline=True)
+    assert not (models / hub.LOCK_FILE_NAME).exists()
+
+
+def test_a_link_inside_the_model_folder_is_fine(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "real.onnx").write_bytes(b"a model")
+    (models / "face_detection_yunet_2023mar.onnx").symlink_to(models / "real.onnx")
+    assert hub.ensure_model("yunet", models, offline=True) == models / "face_detection_yunet_2023mar.onnx"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("size", None, "size is null"),
+        ("sha256", None, "sha256 is null"),
+        ("hashed_at_ns", None, "hashed_at_ns is null"),
+        ("mtime_ns", "yesterday", 'mtime_ns is "yesterday"'),
+        ("sha256", "abc", 'sha256 is "abc"'),
+    ],
+)
+def test_a_damaged_lock_entry_is_named(field: str, value: object, message: str, tmp_path: Path) -> None:
+    """A null size ended in a TypeError traceback; a null sha256 called the file altered."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "face_detection_yunet_2023mar.onnx").write_bytes(b"a model")
+    hub.ensure_model("yunet", models, offline=True)
+    lock = models / hub.LOCK_FILE_NAME
+    data = json.loads(lock.read_text())
+    data["files"]["face_detection_yunet_2023mar.onnx"][field] = value
+    lock.write_text(json.dumps(data))
+    with pytest.raises(ModelIntegrityError, match=re.escape(message)) as caught:
+        hub.ensure_model("yunet", models, offline=True, verify="full")
+    assert "lock file's entry for face_detection_yunet_2023mar.onnx is damaged" in str(caught.value)
+    assert "remove the entry" in str(caught.value)
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000 + "]" * 100_000, '{"files": {}, "archives": null}'])
+def test_a_hostile_lock_file_is_set_aside_not_a_traceback(content: str, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "face_detection_yunet_2023mar.onnx").write_bytes(b"a model")
+    (models / hub.LOCK_FILE_NAME).write_text(content)
+    assert hub.ensure_model("yunet", models, offline=True).is_file()
+    assert "face_detection_yunet_2023mar.onnx" in json.loads((models / hub.LOCK_FILE_NAME).read_text())["files"]
+
+
+def test_failed_runs_leave_no_lock_files_in_the_model_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every run left empty .facemagic-*.lock files behind (filelock's Unix locks keep their file)."""
+    models = tmp_path / "models"
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the download fails
+    point_hub_client_at("http://127.0.0.1:9", monkeypatch)
+    code, _, err = run(["models", "download", "yunet", "--models", str(models)], capsys)
+    assert code == 1 and "could not be downloaded" in err, err
+    (models / "face_detection_yunet_2023mar.onnx").write_bytes(b"a model")
+    hub.ensure_model("yunet", models, offline=True)  # records it (the lock file is written under a lock)
+    assert sorted(p.name for p in models.iterdir()) == sorted(["face_detection_yunet_2023mar.onnx", hub.LOCK_FILE_NAME])
+
+
+def test_the_lock_still_excludes_other_processes(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from facemagic_core.files import exclusive_lock
+
+    lock = tmp_path / ".x.lock"
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs fork (a spawned child imports torch: 20 s)")
+    context = multiprocessing.get_context("fork")
+    with exclusive_lock(lock, timeout=5):
+        child = context.Process(target=_try_lock, args=(str(lock),))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 3  # it timed out while we held the lock
+    child = context.Process(target=_try_lock, args=(str(lock),))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and not lock.exists()
+
+
+def _try_lock(path: str) -> None:
+    from facemagic_core.files import exclusive_lock
+
+    try:
+        with exclusive_lock(path, timeout=0.3):
+            pass
+    except TimeoutError:
+        raise SystemExit(3) from None
+
+
+def test_a_native_cache_with_altered_tensors_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The .native.safetensors cache was used whenever its metadata named the right source hash."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from facemagic_core.generators import GeneratorConfig, InswapperGenerator, export_inswapper_onnx, load_generator
+    from facemagic_core.generators.convert import conversion_cache_path
+
+    torch.manual_seed(0)
+    module = InswapperGenerator(GeneratorConfig.inswapper_layout(channels=4, image_size=32, num_blocks=2)).eval()
+    with torch.no_grad():
+        module.emap.copy_(torch.randn(512, 512) / 512**0.5)
+    path = export_inswapper_onnx(module, tmp_path / "swapper.onnx")
+    load_generator(path, model_dir=tmp_path, device="cpu")
+    cache = conversion_cache_path(path)
+    with safe_open(str(cache), framework="pt") as cached:  # type: ignore[no-untyped-call]
+        metadata = cached.metadata()
+    state = load_file(str(cache))
+    name = next(key for key in state if key.endswith("weight"))
+    state[name] = state[name] + 1.0  # altered tensors, untouched metadata
+    save_file(state, str(cache), metadata=metadata)
+    with caplog.at_level("WARNING"):
+        loaded = load_generator(path, model_dir=tmp_path, device="cpu")
+    assert "does not hold the tensors it was written with" in caplog.text
+    reference = dict(module.state_dict())
+    assert torch.equal(loaded.module.state_dict()[name].float(), reference[name].float())  # type: ignore[attr-defined]
+    assert torch.equal(load_file(str(cache))[name].float(), reference[name].float())  # rewritten
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The wrong model for a role, broken weights, runtime errors
+
+
+def test_a_recogniser_given_as_the_yunet_detector_is_named_at_load(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """It loaded and then failed on the first picture with an OpenCV traceback."""
+    from facemagic_core.analysis import FaceAnalyzer
+
+    recogniser = write_arcface(tmp_path / "w600k_r50.onnx")
+    with pytest.raises(BadInputError, match=r"not a YuNet model.*a face recogniser\?") as caught:
+        FaceAnalyzer(backend="yunet", detector=recogniser)
+    assert "--detector-model" in str(caught.value)
+
+
+def test_loading_yunet_prints_no_opencv_noise(yunet_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """OpenCV printed '[ WARN:0] ... setPreferableTarget ...' on every run."""
+    from facemagic_core.analysis import FaceAnalyzer
+
+    capfd.readouterr()
+    analyzer = FaceAnalyzer(backend="yunet", detector=yunet_path)
+    analyzer.detect_faces(torch.rand(1, 3, 64, 64))
+    captured = capfd.readouterr()
+    assert "setPreferableTarget" not in captured.err and "WARN" not in captured.err, captured.err
+
+
+def test_nan_weights_in_a_native_generator_are_refused_at_load(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from facemagic_core.generators import SwapGenerator, load_generator
+
+    SwapGenerator.from_config(tiny_facemagic_config()).save_pretrained(tmp_path / "tiny")
+    weights = tmp_path / "tiny" / "model.safetensors"
+    state = load_file(str(weights))
+    name = sorted(state)[3]
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ModelIntegrityError, match=f"NaN or infinite values \\(tensor {re.escape(name)}\\)"):
+        load_generator(tmp_path / "tiny", model_dir=tmp_path, device="cpu")
+
+
+def test_nan_weights_in_an_onnx_swapper_are_refused_at_load(tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from facemagic_core.generators import load_generator
+
+    path = tmp_path / "swapper.onnx"
+    write_swapper_graph(path, emap=np.eye(512, dtype=np.float32))
+    model = onnx.load(str(path))
+    scale = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    scale[0, 1] = np.inf
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(scale, model.graph.initializer[0].name))
+    onnx.save(model, str(path))
+    with pytest.raises(ModelIntegrityError, match=r"NaN or infinite values \(tensor 'scale'\)"):
+        load_generator(path, model_dir=tmp_path, device="cpu", prefer_native=False)
+
+
+class _FailingSession:
+    """An onnxruntime session whose run raises onnxruntime's own Fail for batches above ``most`` faces."""
+
+    def __init__(self, session: Any, most: int, message: str) -> None:
+        self.session, self.most, self.message, self.batches = session, most, message, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+        batch = len(next(iter(feeds.values())))
+        self.batches.append(batch)
+        if batch > self.most:
+            raise Fail(self.message)
+        return self.session.run(names, feeds)
+
+
+def _onnx_swapper(tmp_path: Path, most: int, message: str) -> Any:
+    import onnxruntime
+
+    from facemagic_core.generators import OnnxSwapper, OnnxSwapperSpec
+
+    path = tmp_path / "swapper.onnx"
+    write_swapper_graph(path, size=32)
+    session = _FailingSession(
+        onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]), most, message
+    )
+    return OnnxSwapper(path, spec=OnnxSwapperSpec("tiny", 32, "minus_one_one"), session=session)  # type: ignore[arg-type]
+
+
+def test_an_onnxruntime_run_error_is_a_facemagic_error(tmp_path: Path) -> None:
+    swapper = _onnx_swapper(
+        tmp_path, 0, "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Mul"
+    )
+    with pytest.raises(ModelIntegrityError, match="onnxruntime failed while running the swapper tiny: Fail"):
+        swapper.swap(*swap_inputs(batch=2))
+
+
+def test_onnxruntime_out_of_memory_halves_the_chunk(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """onnxruntime's allocation failure escaped as a traceback instead of triggering the halve-the-chunk retry."""
+    from tiny_models import bright_cell_image, write_pack
+
+    from facemagic_core.analysis import FaceAnalyzer
+    from facemagic_core.pipeline import SwapOptions, swap_faces
+
+    pack = write_pack(tmp_path / "pack")
+    analyzer = FaceAnalyzer.from_pack(pack, providers=["CPUExecutionProvider"])
+    swapper = _onnx_swapper(tmp_path, 1, "Failed to allocate memory for requested buffer of size 4194304")
+    frame = torch.from_numpy(bright_cell_image([(10, 10, 255)])).permute(2, 0, 1).float().div(255)
+    frames = frame.expand(4, -1, -1, -1).contiguous()
+    before = frames.clone()
+    identity = Identity(
+        np.random.default_rng(0).standard_normal(512).astype(np.float32), embedding_model="arcface_w600k_r50"
+    )
+    with caplog.at_level("WARNING"):
+        result = swap_faces(frames, identity, analyzer, swapper, SwapOptions(chunk_size=4))
+    assert "out of memory" in caplog.text and "retrying with 2 frames per chunk" in caplog.text
+    assert list(result.face_counts) == [1, 1, 1, 1] and max(swapper.session.batches[-2:]) == 1
+    assert torch.equal(frames, before)  # the input batch is untouched

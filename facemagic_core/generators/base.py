@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..align import TemplateName
-from ..errors import BadInputError, IncompatibleIdentityError
+from ..errors import BadInputError, IncompatibleIdentityError, OutOfMemoryError
 from ..images import check_images
 from ..runtime import resolve_device, resolve_dtype
 from ..types import EMBEDDING_DIM
@@ -172,7 +172,7 @@ def to_model_range(crops: Tensor, value_range: str) -> Tensor:
 
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is a device out-of-memory error (CUDA's, or a RuntimeError saying so, as others raise)."""
-    return isinstance(error, torch.OutOfMemoryError) or (
+    return isinstance(error, (torch.OutOfMemoryError, OutOfMemoryError)) or (
         isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
     )
 

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 
 from ..align import TemplateName
 from ..errors import BadInputError
+from ..files import load_json_bounded
 from ..types import EMBEDDING_DIM
 
 #: Which network a config builds.
@@ -195,9 +196,9 @@ class GeneratorConfig:
     @classmethod
     def from_json(cls, text: str) -> GeneratorConfig:
         try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise _invalid(f"config.json is not valid JSON ({error})", "restore the file") from error
+            values = load_json_bounded(text, where="config.json")
+        except BadInputError as error:
+            raise _invalid(f"config.json is unusable ({error.what})", "restore the file") from error
         if not isinstance(values, dict):
             raise _invalid("config.json does not hold a JSON object", "restore the file")
         return cls.from_dict(values)

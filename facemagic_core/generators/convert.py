@@ -365,6 +365,18 @@ def conversion_cache_path(source: Path) -> Path:
     return source.with_name(source.name + CACHE_SUFFIX)
 
 
+def tensors_sha256(state: dict[str, Tensor]) -> str:
+    """One sha256 over the names, dtypes, shapes and bytes of every tensor of ``state``, in name order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)  # a view: no copy of the bytes
+    return digest.hexdigest()
+
+
 def save_conversion(module: InswapperGenerator, source: Path, source_sha256: str) -> Path | None:
     """Cache a *verified* conversion of ``source`` beside it, atomically; None when that folder cannot be written.
 
@@ -384,6 +396,7 @@ def save_conversion(module: InswapperGenerator, source: Path, source_sha256: str
         "format": "pt",
         "cache_version": CACHE_VERSION,
         "source_sha256": source_sha256,
+        "tensors_sha256": tensors_sha256(state),
         "config": module.cfg.to_json(),
     }
     path = conversion_cache_path(source)
@@ -420,7 +433,11 @@ def load_conversion(source: Path, source_sha256: str) -> InswapperGenerator | No
     try:
         cfg = GeneratorConfig.from_json(metadata.get("config", ""))
         module = InswapperGenerator(cfg, device="meta")
-        load_state(module, read_state_dict(path), where=str(path))
+        state = read_state_dict(path)
+        if metadata.get("tensors_sha256") != tensors_sha256(state):  # metadata alone named the right source
+            logger.warning("%s does not hold the tensors it was written with; converting %s again", path, source.name)
+            return None
+        load_state(module, state, where=str(path))
     except FaceMagicError as error:
         logger.warning("%s cannot be used (%s); converting %s again", path, error, source.name)
         return None

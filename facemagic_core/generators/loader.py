@@ -32,7 +32,14 @@ from .base import SwapModel, TorchSwapper
 from .convert import convert_checked, load_conversion, save_conversion
 from .inswapper import InswapperGenerator
 from .network import CONFIG_NAME, SwapGenerator, is_repo_id
-from .onnx_swapper import OnnxSwapper, OnnxSwapperSpec, load_onnx_model, read_emap, spec_from_registry
+from .onnx_swapper import (
+    OnnxSwapper,
+    OnnxSwapperSpec,
+    check_weights_finite,
+    load_onnx_model,
+    read_emap,
+    spec_from_registry,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -147,6 +154,7 @@ def load_onnx_generator(
         if cached is not None:
             return _native_swapper(cached, spec, label, device, dtype)
     model = load_onnx_model(path)
+    check_weights_finite(model, path)
     session = create_session(path, providers=providers, what=label)
     if native and read_emap(model) is not None:
         renormalize = spec.latent_renormalize if spec is not None else True

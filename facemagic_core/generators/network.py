@@ -14,7 +14,6 @@ A native model folder (or Hub repository) holds ``config.json`` (:class:`Generat
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
-from ..files import atomic_path, atomic_write_bytes
+from ..files import atomic_path, atomic_write_bytes, load_json_bounded
 from .config import Arch, GeneratorConfig
 
 if TYPE_CHECKING:
@@ -301,7 +300,7 @@ def read_config(path: Path) -> GeneratorConfig:
             f"{CONFIG_NAME} is missing", where=str(path.parent), fix="save the generator with save_pretrained"
         )
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        values = load_json_bounded(path.read_bytes(), where=str(path))
         if not isinstance(values, dict):
             raise ValueError("not a JSON object")
         return GeneratorConfig.from_dict(values)
@@ -357,5 +356,12 @@ def load_state(module: nn.Module, state: dict[str, Tensor], *, where: str) -> No
             where=where,
             fix="config.json and model.safetensors must come from the same save_pretrained call",
         )
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelIntegrityError(
+                f"the weights hold NaN or infinite values (tensor {name})",
+                where=where,
+                fix="the file is damaged, or was saved from a training run that diverged: use an earlier checkpoint",
+            )
     dtype = next(iter(expected.values())).dtype
     module.load_state_dict({name: tensor.to(dtype) for name, tensor in state.items()}, strict=True, assign=True)

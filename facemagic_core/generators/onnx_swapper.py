@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..align import TemplateName
 from ..errors import BadInputError, ModelIntegrityError
-from ..runtime import ProviderSpec, create_session
+from ..runtime import ProviderSpec, create_session, onnxruntime_errors
 from .base import DEFAULT_CHUNK_SIZE, SwapOutput, check_swap_inputs
 from .config import TEMPLATES, ValueRange
 
@@ -205,6 +205,23 @@ def load_onnx_model(path: Path) -> onnx.ModelProto:
         ) from error
 
 
+def check_weights_finite(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse an ONNX swapper whose weights hold NaN or infinite values (it loaded, then every swap failed with an
+    unrelated message about its output)."""
+    import onnx
+    from onnx import numpy_helper
+
+    for tensor in model.graph.initializer:
+        if tensor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+            continue
+        if not np.isfinite(numpy_helper.to_array(tensor)).all():
+            raise ModelIntegrityError(
+                f"the swapper's weights hold NaN or infinite values (tensor {tensor.name!r})",
+                where=str(path),
+                fix="the file is damaged, or was exported from a training run that diverged: use another file",
+            )
+
+
 def read_emap(model: onnx.ModelProto) -> npt.NDArray[np.float32] | None:
     """The ``(D, D)`` identity-to-latent matrix: the graph's LAST initializer, used by no node; else None."""
     from onnx import numpy_helper
@@ -315,7 +332,10 @@ class OnnxSwapper:
         self.session = session if session is not None else create_session(self.path, providers=providers, what=label)
         self.signature = read_signature(self.session, where=str(self.path))
         wants_emap = spec is None or spec.embedding in (None, "emap")
-        emap = read_emap(model if model is not None else load_onnx_model(self.path)) if wants_emap else None
+        if model is None and wants_emap:
+            model = load_onnx_model(self.path)
+            check_weights_finite(model, self.path)
+        emap = read_emap(model) if wants_emap and model is not None else None
         spec = spec if spec is not None else guess_spec(self.path, emap, self.signature.input_size)
         embedding: IdentityInput = spec.embedding or ("emap" if emap is not None else "normalised")
         if embedding == "emap" and emap is None:
@@ -391,7 +411,8 @@ class OnnxSwapper:
                 self.signature.image_input: image_array[start : start + step],
                 self.signature.identity_input: identity_array[start : start + step],
             }
-            results = self.session.run(names, feeds)
+            with onnxruntime_errors(f"the swapper {self.name}", str(self.path)):
+                results = self.session.run(names, feeds)
             rgb_parts.append(np.asarray(results[0], dtype=np.float32))
             if len(results) > 1:
                 mask_parts.append(np.asarray(results[1], dtype=np.float32))
