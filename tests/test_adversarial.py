@@ -33,7 +33,7 @@ from tiny_models import tiny_facemagic_config, write_arcface
 
 from facemagic_core import hub
 from facemagic_core.cli import main
-from facemagic_core.errors import BadInputError, ModelIntegrityError
+from facemagic_core.errors import BadInputError, FaceMagicError, ModelIntegrityError
 from facemagic_core.files import atomic_path, check_outputs_not_inputs
 from facemagic_core.identity import load_identity
 from facemagic_core.images import MAX_IMAGE_SIDE, load_image
@@ -749,13 +749,203 @@ def test_onnxruntime_out_of_memory_halves_the_chunk(tmp_path: Path, caplog: pyte
     analyzer = FaceAnalyzer.from_pack(pack, providers=["CPUExecutionProvider"])
     swapper = _onnx_swapper(tmp_path, 1, "Failed to allocate memory for requested buffer of size 4194304")
     frame = torch.from_numpy(bright_cell_image([(10, 10, 255)])).permute(2, 0, 1).float().div(255)
-    frames = frame.expand(4, -1, -1, -1).contiguous()
+    frames = frame.expand(2, -1, -1, -1).contiguous()
     before = frames.clone()
     identity = Identity(
         np.random.default_rng(0).standard_normal(512).astype(np.float32), embedding_model="arcface_w600k_r50"
     )
     with caplog.at_level("WARNING"):
-        result = swap_faces(frames, identity, analyzer, swapper, SwapOptions(chunk_size=4))
-    assert "out of memory" in caplog.text and "retrying with 2 frames per chunk" in caplog.text
-    assert list(result.face_counts) == [1, 1, 1, 1] and max(swapper.session.batches[-2:]) == 1
+        result = swap_faces(frames, identity, analyzer, swapper, SwapOptions(chunk_size=2))
+    assert "out of memory" in caplog.text and "retrying with 1 frames per chunk" in caplog.text
+    assert list(result.face_counts) == [1, 1] and swapper.session.batches == [2, 1, 1]
     assert torch.equal(frames, before)  # the input batch is untouched
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Hostile identity files
+
+
+def identity_file(path: Path, **metadata: str) -> Path:
+    """A FaceMagic identity file whose metadata fields are replaced by ``metadata``."""
+    from safetensors.numpy import save_file
+
+    vector = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)
+    base = {"format": "facemagic.identity", "format_version": "1", "embedding_model": "arcface_w600k_r50"}
+    save_file({"embeddings": vector / np.linalg.norm(vector)}, str(path), metadata={**base, **metadata})
+    return path
+
+
+def test_the_identity_file_helper_makes_a_readable_identity(tmp_path: Path) -> None:
+    assert load_identity(identity_file(tmp_path / "ok.safetensors")).embedding_model == "arcface_w600k_r50"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("extra", "[" * 50_000 + "]" * 50_000, "nested 50000 levels deep"),  # RecursionError in the CLI and node
+        ("sources", "[" * 100 + "]" * 100, "nested 100 levels deep"),
+        ("weights", "[" + "1," * 600_000 + "1]", "bytes, more than the 1048576 accepted"),
+        ("extra", '{"a": "' + "[" * 5000 + '"}', None),  # brackets inside a string are not nesting
+        ("sources", '["a"', "not valid JSON"),
+        ("extra", '{"k": {"deeper": 1}}', None),  # a nested value is written back as text
+    ],
+    ids=["deep extra", "deep sources", "huge weights", "brackets in a string", "unclosed", "nested value"],
+)
+def test_identity_metadata_is_bounded(field: str, value: str, message: str | None, tmp_path: Path) -> None:
+    path = identity_file(tmp_path / "me.safetensors", **{field: value})
+    if message is None:
+        assert load_identity(path).embedding_model == "arcface_w600k_r50"
+        return
+    with pytest.raises(BadInputError, match=re.escape(message)) as caught:
+        load_identity(path)
+    assert f"'{field}' metadata" in str(caught.value) and "make it again" in str(caught.value)
+
+
+def test_a_deeply_nested_identity_fails_the_cli_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deep = identity_file(tmp_path / "deep.safetensors", extra="[" * 100_000 + "]" * 100_000)
+    ok = identity_file(tmp_path / "ok.safetensors")
+    code, _, err = run(["similarity", str(deep), str(ok), *DETECTOR, "--models", str(tmp_path / "m")], capsys)
+    assert "nested 100000 levels deep" in one_error_line(code, err)
+    target = photo(tmp_path / "t.png")
+    files = ["--identity", str(deep), "--target", str(target), "-o", str(tmp_path / "o.png")]
+    code, _, err = run(["swap", *files, *OFFLINE, "--models", str(tmp_path / "m")], capsys)
+    assert "RecursionError" not in err and code != 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "cannot read the identity file"),
+        (b"\xff" * 64, "cannot read the identity file"),
+        (b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ", "not a FaceMagic identity"),
+    ],
+)
+def test_identity_files_that_are_not_safetensors(content: bytes, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "me.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(BadInputError, match=message):
+        load_identity(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Pictures that are not what they claim
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("empty.png", b""),
+        ("text.jpg", b"hello, I am not a picture"),
+        ("cut.png", None),  # a PNG cut in half
+        ("html.webp", b"<html><body>404</body></html>"),
+    ],
+)
+def test_pictures_that_cannot_be_read_are_one_clear_error(name: str, content: bytes | None, tmp_path: Path) -> None:
+    path = tmp_path / name
+    if content is None:
+        whole = photo(tmp_path / "whole.png").read_bytes()
+        content = whole[: len(whole) // 2]
+    path.write_bytes(content)
+    with pytest.raises(BadInputError, match="cannot read the image") as caught:
+        load_image(path)
+    assert name in str(caught.value)
+
+
+def test_a_16_bit_grey_picture_keeps_its_precision(tmp_path: Path) -> None:
+    grey = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    image = load_image(tmp_path / "deep.png")
+    assert image.shape == (1, 3, 64, 64) and float(image.max()) == pytest.approx(grey.max() / 65535)
+
+
+def test_an_exif_rotated_photo_is_upright_and_the_file_unchanged(tmp_path: Path) -> None:
+    picture = Image.fromarray(np.zeros((40, 64, 3), np.uint8))
+    exif = picture.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    picture.save(tmp_path / "phone.jpg", exif=exif)
+    before = (tmp_path / "phone.jpg").read_bytes()
+    assert load_image(tmp_path / "phone.jpg").shape == (1, 3, 64, 40)
+    assert (tmp_path / "phone.jpg").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (torch.rand(1, 3, 16, 16), "too small"),
+        (torch.rand(0, 3, 64, 64), "empty"),
+        (torch.rand(1, 3, 64, 64).double() * 255, "0..255"),
+        (torch.full((1, 3, 64, 64), float("inf")), "NaN or infinite"),
+        (torch.rand(1, 2, 64, 64), "grey \\+ alpha"),
+    ],
+)
+def test_bad_tensors_are_refused_before_detection_and_never_changed(image: torch.Tensor, message: str) -> None:
+    from facemagic_core.images import check_images
+
+    before = image.clone()
+    with pytest.raises(BadInputError, match=message):
+        check_images(image)
+    assert torch.equal(image, before) or bool(torch.isinf(image).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Command-line paths
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["identity", "{tmp}/none.jpg", "-o", "{tmp}/me.safetensors"], "image file not found"),
+        (["identity", "{tmp}/empty_dir", "-o", "{tmp}/me.safetensors"], "the folder holds no image files"),
+        (["identity", "{photo}", "-o", "{tmp}/me.json"], "must end in .safetensors"),
+        (["identity", "{photo}", "-o", "{photo}/me.safetensors"], "is a file, so the output folder cannot be made"),
+        (["identity", "{photo}", "-o", "{tmp}/me.safetensors", "--preview", "{tmp}"], "the preview is a picture"),
+        (["similarity", "{tmp}/a.safetensors", "{photo}", "--face-index", "0,1,2"], "--face-index got 3 numbers"),
+        (["similarity", "{tmp}/none.safetensors", "{photo}"], "identity file not found"),
+        (["swap", "--source", "{photo}", "--target", "{tmp}/clip.mp4", "-o", "{tmp}/o.png"], "must be a video too"),
+        (["swap", "--source", "{photo}", "--target", "{photo}", "-o", "{tmp}/o.txt"], "must be a picture"),
+        (["swap", "--identity", "{photo}", "--target", "{photo}", "-o", "{tmp}/o.png"], "--identity takes identity"),
+        (["prepare", "{tmp}/none", "-o", "{tmp}/cache"], "the data folder does not exist"),
+    ],
+)
+def test_command_line_mistakes_are_one_line_before_any_model(
+    arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    picture = photo(tmp_path / "p.png")
+    (tmp_path / "empty_dir").mkdir()
+    filled = [word.format(tmp=tmp_path, photo=picture) for word in arguments]
+    options = OFFLINE if filled[0] == "swap" else ([] if filled[0] == "prepare" else DETECTOR)
+    before = snapshot(tmp_path)
+    code, out, err = run([*filled, *options, "--models", str(tmp_path / "models")], capsys)
+    assert message in one_error_line(code, err)
+    assert snapshot(tmp_path) == before and not (tmp_path / "models").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Node names from the UI
+
+
+@pytest.fixture(scope="module")
+def comfy_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from comfy_stub.harness import installed_pack, node_classes
+
+    models = tmp_path_factory.mktemp("comfy_models")
+    (models / "facemagic" / "identities").mkdir(parents=True)
+    with installed_pack(models) as pack:
+        yield {"models": models, **node_classes(pack)}
+
+
+@pytest.mark.parametrize(
+    "name", ["../../etc/passwd", "/etc/passwd", "..", "", "a\x00b", "C:\\Windows\\win.ini", "\\\\server\\share\\x"]
+)
+def test_load_identity_names_stay_inside_the_model_folder(name: str, comfy_nodes: dict[str, Any]) -> None:
+    message = comfy_nodes["FaceMagicLoadIdentity"].validate_inputs(name=name)
+    assert isinstance(message, str) and message, message
+    with pytest.raises(FaceMagicError):
+        comfy_nodes["FaceMagicLoadIdentity"].execute(name=name)
+
+
+def test_load_identity_node_names_a_deeply_nested_file(comfy_nodes: dict[str, Any]) -> None:
+    folder = comfy_nodes["models"] / "facemagic" / "identities"
+    identity_file(folder / "deep.safetensors", extra="[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BadInputError, match="nested 100000 levels deep"):
+        comfy_nodes["FaceMagicLoadIdentity"].execute(name="deep")
