@@ -915,7 +915,7 @@ def test_command_line_mistakes_are_one_line_before_any_model(
     filled = [word.format(tmp=tmp_path, photo=picture) for word in arguments]
     options = OFFLINE if filled[0] == "swap" else ([] if filled[0] == "prepare" else DETECTOR)
     before = snapshot(tmp_path)
-    code, out, err = run([*filled, *options, "--models", str(tmp_path / "models")], capsys)
+    code, _, err = run([*filled, *options, "--models", str(tmp_path / "models")], capsys)
     assert message in one_error_line(code, err)
     assert snapshot(tmp_path) == before and not (tmp_path / "models").exists()
 
