@@ -158,6 +158,30 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     return rgb_uint8_to_tensor(rgb)
 
 
+def check_image_file(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """The ``(width, height)`` of a picture file, read from its header; the errors of :func:`load_image` for a
+    missing, unreadable or too large file, found without decoding the pixels (a command checks every input
+    this way before it loads any model)."""
+    file = Path(path)
+    if file.is_dir():
+        raise BadInputError("expected an image file, got a folder", where=str(file), fix="name an image file in it")
+    check_input_file(file, what="image", missing="image file not found")
+    try:
+        with warnings.catch_warnings(), Image.open(file) as picture:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _check_picture_size(picture, file)
+            size = picture.size
+            picture.verify()  # the structure and checksums of PNGs, without decoding
+    except Image.DecompressionBombError as error:
+        header = _header_size(file)
+        raise _too_large(*(header or (0, 0)), file) from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise BadInputError(
+            f"cannot read the image: {error}", where=str(file), fix="use a JPEG, PNG or WebP file that opens elsewhere"
+        ) from error
+    return int(size[0]), int(size[1])
+
+
 #: Picture formats whose files keep an alpha channel when :func:`save_image` is given one.
 ALPHA_SUFFIXES = frozenset({".png", ".webp", ".tif", ".tiff"})
 

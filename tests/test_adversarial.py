@@ -949,3 +949,53 @@ def test_load_identity_node_names_a_deeply_nested_file(comfy_nodes: dict[str, An
     identity_file(folder / "deep.safetensors", extra="[" * 100_000 + "]" * 100_000)
     with pytest.raises(BadInputError, match="nested 100000 levels deep"):
         comfy_nodes["FaceMagicLoadIdentity"].execute(name="deep")
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Videos and damaged inputs, found before any model loads
+
+
+def _tiny_gif(path: Path, side: int) -> Path:
+    frames = [Image.new("RGB", (side, side), (40 * i, 0, 0)) for i in range(3)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("fake.mp4", "cannot read the video"),
+        ("empty.gif", "the video file is empty"),
+        ("small.gif", "the video frames are 8x8 pixels, too small"),
+        ("cut.png", "cannot read the image"),
+    ],
+)
+def test_a_damaged_target_is_named_before_any_model_loads(
+    target: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each was found only after the models had loaded (or been downloaded)."""
+    (tmp_path / "fake.mp4").write_text("not a video")
+    (tmp_path / "empty.gif").write_bytes(b"")
+    _tiny_gif(tmp_path / "small.gif", 8)
+    whole = photo(tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
+    source = photo(tmp_path / "s.png", seed=1)
+    output = tmp_path / ("o.png" if target.endswith(".png") else "o.mp4")
+    files = ["--source", str(source), "--target", str(tmp_path / target), "-o", str(output)]
+    code, _, err = run(["swap", *files, *OFFLINE, "--models", str(tmp_path / "models")], capsys)
+    assert message in one_error_line(code, err)
+    assert not output.exists() and not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("option", ["--source", "--mix"])
+def test_a_damaged_source_photo_is_named_before_any_model_loads(
+    option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = photo(tmp_path / "t.png")
+    broken = tmp_path / "me.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a JPEG")
+    who = ["--source", str(broken)] if option == "--source" else ["--mix", f"coarse={broken}", f"fine={target}"]
+    files = [*who, "--target", str(target), "-o", str(tmp_path / "o.png")]
+    code, _, err = run(["swap", *files, *OFFLINE, "--models", str(tmp_path / "models")], capsys)
+    assert "cannot read the image" in one_error_line(code, err) and "me.jpg" in err
+    assert not (tmp_path / "models").exists()

@@ -14,7 +14,7 @@ from ..blend import COLOUR_METHODS, MASK_KINDS
 from ..errors import BadInputError
 from ..files import check_input_file, check_output_path, check_outputs_not_inputs
 from ..identity import IDENTITY_SUFFIX, extract_identity, load_identity, mix_coarse_fine
-from ..images import ALPHA_SUFFIXES, load_alpha, load_image, save_image
+from ..images import ALPHA_SUFFIXES, MIN_IMAGE_SIDE, check_image_file, load_alpha, load_image, save_image
 from ..pipeline import (
     DEFAULT_CHUNK_SIZE,
     MAX_WEAVE,
@@ -380,6 +380,26 @@ def check_options_before_loading(args: argparse.Namespace, *, video: bool) -> No
         )
 
 
+def check_inputs_before_loading(args: argparse.Namespace, *, video: bool) -> None:
+    """Every input file readable (headers only), before the models load: a damaged target or source photo
+    was found only after loading (and perhaps downloading) them."""
+    if video:
+        info = read_video_info(args.target)
+        if min(info.width, info.height) < MIN_IMAGE_SIDE:
+            raise BadInputError(
+                f"the video frames are {info.width}x{info.height} pixels, too small to hold a detectable face",
+                where=str(args.target),
+                fix=f"use a video of at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels",
+            )
+    else:
+        check_image_file(args.target)
+    for path in [*(args.source or []), *(path for _, path in args.mix or [])]:
+        if path.suffix.lower() == IDENTITY_SUFFIX:
+            check_input_file(path, what="identity file")
+        else:
+            check_image_file(path)
+
+
 def build_options(args: argparse.Namespace, *, video: bool) -> SwapOptions:
     no_face: NoFacePolicy = args.no_face or ("pass" if video else "error")
     smoothing = SmoothingConfig.with_strength(args.smooth) if args.smooth is not None else None
@@ -528,6 +548,7 @@ def run_swap(args: argparse.Namespace) -> int:
     if args.pose_debug is not None:
         check_output_path(args.pose_debug / "frame_00000.png")
     check_options_before_loading(args, video=video)
+    check_inputs_before_loading(args, video=video)
     if args.pose_debug is not None and not args.pose_check:
         print("note: --pose-debug turns on --pose-check")
 
