@@ -289,6 +289,19 @@ def test_sigterm_removes_the_file_being_written(
     assert signal.getsignal(signal.SIGTERM) == previous
 
 
+def test_sigterm_during_training_is_held_like_ctrl_c() -> None:
+    """A long job finishes its step and saves on SIGTERM too (it died mid-step, its state half written)."""
+    from facemagic_core.training.interrupt import DeferredInterrupt
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with DeferredInterrupt("the step").held() as interrupt:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)  # a second one stops at once
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
 def test_pose_overlay_draws_no_result_points_when_the_result_has_no_face() -> None:
     """With no face in the result, its 'landmarks' were the target's: red dots covered the green ones."""
     import math
