@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from importlib import metadata
@@ -279,6 +280,69 @@ def check_onnxruntime_install() -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Why a GPU cannot be used
+
+
+def nvidia_gpu_present() -> bool | None:
+    """Whether this machine has an NVIDIA GPU with its driver loaded; None where that cannot be told cheaply.
+
+    Linux: the driver's ``/proc/driver/nvidia/gpus`` entries or a ``/dev/nvidia0`` device (both also inside
+    containers started with GPU access). Windows: ``nvidia-smi`` on the PATH. macOS has no CUDA GPUs.
+    """
+    if sys.platform.startswith("linux"):
+        gpus = Path("/proc/driver/nvidia/gpus")
+        try:
+            listed = gpus.is_dir() and any(gpus.iterdir())
+        except OSError:
+            listed = False
+        return listed or Path("/dev/nvidia0").exists()
+    if sys.platform == "darwin":
+        return False
+    if sys.platform == "win32":
+        return True if shutil.which("nvidia-smi") else None
+    return None
+
+
+def cuda_unavailable(*, onnxruntime_provider: bool = False) -> tuple[str, str] | None:
+    """Why CUDA work cannot run here and the fix, as ``(cause, fix)``: the first cause found in this order:
+    no CUDA device on the machine, a CPU-only torch build, a torch that sees no GPU, then (with
+    ``onnxruntime_provider``, for an onnxruntime session) the CUDA provider missing from the installed
+    onnxruntime build, and last the install trap (:func:`check_onnxruntime_install`). None when CUDA can be used.
+    """
+    if nvidia_gpu_present() is False:
+        return "this machine has no CUDA GPU (no NVIDIA GPU or driver found)", "use the device cpu (or auto)"
+    if torch.version.cuda is None:
+        return (
+            f"this torch build ({torch.__version__}) is CPU-only",
+            "install the CUDA build of torch for your driver (https://pytorch.org/get-started/locally/), "
+            "or use the device cpu",
+        )
+    if not torch.cuda.is_available():
+        return (
+            f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no GPU",
+            "check that nvidia-smi lists it, that the driver supports that CUDA version, and CUDA_VISIBLE_DEVICES",
+        )
+    if not onnxruntime_provider or PROVIDER_NAMES["cuda"] in available_providers():
+        return None
+    installed = installed_onnxruntime_distributions()
+    if not any(name in installed for name in _ACCELERATED_DISTRIBUTIONS):
+        build = ", ".join(f"{name} {version}" for name, version in installed.items()) or "none"
+        return (
+            f"the installed onnxruntime build ({build}) does not offer {PROVIDER_NAMES['cuda']}",
+            "FaceMagic does not need it (on a GPU its models run in torch); for onnxruntime on the GPU anyway, "
+            f"replace the build: {_pip('uninstall', '-y', _CPU_DISTRIBUTION)} && {_pip('install', 'onnxruntime-gpu')}",
+        )
+    trap = check_onnxruntime_install()
+    return ("the onnxruntime install is broken", trap) if trap is not None else None
+
+
+def cuda_unavailable_reason(*, onnxruntime_provider: bool = False) -> str | None:
+    """:func:`cuda_unavailable` as one sentence (cause: fix), or None."""
+    found = cuda_unavailable(onnxruntime_provider=onnxruntime_provider)
+    return None if found is None else f"{found[0]}: {found[1]}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Sessions
 
 
@@ -290,6 +354,10 @@ def _fallback_reason(name: str, available: Sequence[str]) -> str:
     whatever else is installed beside it.
     """
     if name not in available:
+        if name in (PROVIDER_NAMES["cuda"], PROVIDER_NAMES["tensorrt"]):
+            cause = cuda_unavailable_reason(onnxruntime_provider=True)
+            if cause is not None:
+                return cause
         broken = check_onnxruntime_install()
         if broken is not None:
             return broken
@@ -480,11 +548,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         ) from error
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise BadInputError(
-                f"the device {text!r} was asked for but this torch build ({torch.__version__}) sees no CUDA GPU",
-                where="device",
-                fix="install a CUDA build of torch, or choose the device cpu (or auto)",
+            cause, fix = cuda_unavailable() or (
+                f"this torch build ({torch.__version__}) sees no CUDA GPU",
+                "install a CUDA build of torch, or use the device cpu",
             )
+            raise BadInputError(f"the device {text!r} was asked for but {cause}", where="device", fix=fix)
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
             raise BadInputError(

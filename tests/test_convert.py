@@ -88,7 +88,7 @@ def test_loaded_onnx_file_becomes_a_native_module_with_the_same_swaps(
     exported: tuple[InswapperGenerator, Path], tmp_path: Path
 ) -> None:
     _, path = exported
-    native = load_generator(path, model_dir=tmp_path, device="cpu")
+    native = load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch")
     through_onnx = load_generator(path, model_dir=tmp_path, device="cpu", prefer_native=False)
     assert isinstance(native, TorchSwapper) and isinstance(through_onnx, OnnxSwapper)
     assert native.num_blocks == 6 and through_onnx.num_blocks == 1
@@ -171,7 +171,7 @@ def test_a_graph_that_computes_something_else_falls_back_to_onnxruntime_with_a_w
     altered = tmp_path / "altered.onnx"
     onnx.save(model, str(altered))
     with caplog.at_level("WARNING"):
-        loaded = load_generator(altered, model_dir=tmp_path, device="cpu")
+        loaded = load_generator(altered, model_dir=tmp_path, device="cpu", runtime="torch")
     assert isinstance(loaded, OnnxSwapper)
     assert "runs through onnxruntime, not as a native module" in caplog.text
     assert "differs from onnxruntime by up to" in caplog.text
@@ -192,7 +192,7 @@ def test_a_graph_of_another_shape_falls_back_to_onnxruntime_with_a_warning(
     with pytest.raises(ConversionError, match="up2 needs"):
         convert_inswapper_onnx(onnx.load(str(path)))
     with caplog.at_level("WARNING"):
-        loaded = load_generator(path, model_dir=tmp_path, device="cpu")
+        loaded = load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch")
     assert isinstance(loaded, OnnxSwapper)
     assert "does not have the inswapper layout" in caplog.text
 
@@ -211,7 +211,7 @@ def test_fp16_file_converts_within_half_precision_tolerance(tmp_path: Path) -> N
     assert converted.dtype == torch.float32
     worst, mean = compare_with_onnxruntime(converted, session)
     assert worst < 5e-2 and mean < 5e-3
-    loaded = load_generator(path, model_dir=tmp_path, device="cpu")
+    loaded = load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch")
     assert isinstance(loaded, TorchSwapper)
 
 
@@ -223,7 +223,7 @@ def test_load_generator_by_registry_name_folder_and_relative_name(tmp_path: Path
     model_dir = tmp_path / "models"
     model_dir.mkdir()
     write_swapper_graph(model_dir / "hyperswap_1a_256.onnx", size=256)
-    hyperswap = load_generator("hyperswap_1a_256", model_dir=model_dir, device="cpu")
+    hyperswap = load_generator("hyperswap_1a_256", model_dir=model_dir, device="cpu", runtime="torch")
     assert isinstance(hyperswap, OnnxSwapper)
     assert hyperswap.name == "hyperswap_1a_256" and hyperswap.input_size == 256
     assert hyperswap.spec.value_range == "minus_one_one" and hyperswap.spec.embedding == "normalised"
@@ -237,14 +237,14 @@ def test_load_generator_by_registry_name_folder_and_relative_name(tmp_path: Path
 
 def test_load_generator_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="no swap model called 'nonexistent'") as error:
-        load_generator("nonexistent", model_dir=tmp_path, device="cpu")
+        load_generator("nonexistent", model_dir=tmp_path, device="cpu", runtime="torch")
     assert error.value.fix and "inswapper_128" in error.value.fix
     with pytest.raises(BadInputError, match="is a detector, not a face swapper"):
-        load_generator("yunet", model_dir=tmp_path, device="cpu")
+        load_generator("yunet", model_dir=tmp_path, device="cpu", runtime="torch")
     corrupt = tmp_path / "broken.onnx"
     corrupt.write_bytes(b"\x08\x07garbage" * 10)
     with pytest.raises(ModelIntegrityError) as integrity:
-        load_generator(corrupt, model_dir=tmp_path, device="cpu")
+        load_generator(corrupt, model_dir=tmp_path, device="cpu", runtime="torch")
     assert str(corrupt) in str(integrity.value) and integrity.value.fix
 
 
@@ -275,7 +275,7 @@ def test_a_verified_conversion_is_cached_beside_the_file_and_reused(
 
     path = tmp_path / "inswapper_tiny.onnx"
     path.write_bytes(exported[1].read_bytes())
-    first = load_generator(path, model_dir=tmp_path, device="cpu")
+    first = load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch")
     cache = conversion_cache_path(path)
     assert cache.name == "inswapper_tiny.onnx.native.safetensors"
     with safe_open(str(cache), framework="pt") as cached:  # type: ignore[no-untyped-call]
@@ -285,7 +285,7 @@ def test_a_verified_conversion_is_cached_beside_the_file_and_reused(
         for name in ("convert_checked", "load_onnx_model"):
             patch.setattr(loader, name, _refuse)
         patch.setattr("facemagic_core.runtime.create_session", _refuse)
-        second = load_generator(path, model_dir=tmp_path, device="cpu")
+        second = load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch")
     assert isinstance(second, TorchSwapper) and second.name == "inswapper_tiny" and second.num_blocks == 6
     assert_close(_swap_once(second), _swap_once(first), rtol=0, atol=0)
 
@@ -297,11 +297,11 @@ def test_a_cache_of_another_file_or_a_corrupt_cache_is_converted_again(
 
     path = tmp_path / "swapper.onnx"
     path.write_bytes(exported[1].read_bytes())
-    load_generator(path, model_dir=tmp_path, device="cpu")
+    load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch")
     other = tiny_inswapper(seed=9)
     export_inswapper_onnx(other, path)  # the same name, another file: the old cache must not be used
     with caplog.at_level("INFO"):
-        loaded = load_generator(path, model_dir=tmp_path, device="cpu")
+        loaded = load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch")
     assert "made from another file" in caplog.text
     reference = load_generator(path, model_dir=tmp_path, device="cpu", prefer_native=False)
     assert_close(_swap_once(loaded), _swap_once(reference), rtol=0, atol=1e-4)
@@ -309,7 +309,7 @@ def test_a_cache_of_another_file_or_a_corrupt_cache_is_converted_again(
     cache.write_bytes(cache.read_bytes()[:1000])  # truncated
     caplog.clear()
     with caplog.at_level("WARNING"):
-        again = load_generator(path, model_dir=tmp_path, device="cpu")
+        again = load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch")
     assert "converting swapper.onnx again" in caplog.text
     assert_close(_swap_once(again), _swap_once(loaded), rtol=0, atol=0)
     assert len(cache.read_bytes()) > 1000  # rewritten whole
@@ -328,13 +328,13 @@ def test_an_unwritable_folder_or_a_refused_conversion_leaves_no_cache(
 
     with monkeypatch.context() as patch:
         patch.setattr(convert, "atomic_path", read_only)
-        assert isinstance(load_generator(path, model_dir=tmp_path, device="cpu"), TorchSwapper)
+        assert isinstance(load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch"), TorchSwapper)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     model = onnx.load(str(path))
     next(node for node in model.graph.node if node.op_type == "LeakyRelu").attribute[0].f = 0.6
     altered = tmp_path / "altered.onnx"
     onnx.save(model, str(altered))
-    assert isinstance(load_generator(altered, model_dir=tmp_path, device="cpu"), OnnxSwapper)
+    assert isinstance(load_generator(altered, model_dir=tmp_path, device="cpu", runtime="torch"), OnnxSwapper)
     assert not convert.conversion_cache_path(altered).exists()  # only verified conversions are cached
 
 
@@ -348,12 +348,12 @@ def test_fp16_weights_are_cached_in_half_precision(tmp_path: Path) -> None:
         path = export_inswapper_onnx(module, tmp_path / "inswapper_fp16.onnx")
     except RuntimeError as error:  # pragma: no cover - depends on the CPU build's fp16 kernels
         pytest.skip(f"fp16 export needs fp16 CPU kernels: {error}")
-    first = load_generator(path, model_dir=tmp_path, device="cpu")
+    first = load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch")
     state = load_file(str(conversion_cache_path(path)))
     assert state["stem.weight"].dtype == torch.float16 and state["emap"].dtype == torch.float16
     for name, tensor in module.state_dict().items():
         assert_close(state[name], tensor, rtol=0, atol=0, msg=name)  # exact: the file's own fp16 values
-    second = load_generator(path, model_dir=tmp_path, device="cpu")
+    second = load_generator(path, model_dir=tmp_path, device="cpu", runtime="torch")
     assert isinstance(second, TorchSwapper) and second.dtype == torch.float32
     assert_close(_swap_once(second), _swap_once(first), rtol=0, atol=0)
 
@@ -371,7 +371,12 @@ def test_the_latent_rule_of_the_spec_reaches_the_native_module(tmp_path: Path) -
     for renormalize in (True, False):
         spec = OnnxSwapperSpec("tiny", 32, "zero_one", embedding="emap", latent_renormalize=renormalize)
         native = load_onnx_generator(
-            path, spec=spec, device=torch.device("cpu"), dtype=torch.float32, providers=["CPUExecutionProvider"]
+            path,
+            spec=spec,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            providers=["CPUExecutionProvider"],
+            runtime="torch",
         )
         assert isinstance(native, TorchSwapper) and native.cfg.latent_renormalize is renormalize
         outputs[renormalize] = _swap_once(native)

@@ -502,10 +502,27 @@ def test_cli_models_doctor(
         onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     distributions({"onnxruntime-gpu": "1.31.1"})
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
     assert main(["models", "doctor", "--models", str(model_dir), "--device", "cuda:1"]) == 0
     out = capsys.readouterr().out
     assert "onnxruntime distributions: onnxruntime-gpu 1.31.1" in out
     assert "providers for --device cuda:1: CUDAExecutionProvider {'device_id': 1}, CPUExecutionProvider" in out
+    assert out.rstrip().endswith("onnxruntime install: ok")
+    assert "inswapper_128       swapper     missing  torch (converted" in out  # on a GPU: torch
+    distributions({"onnxruntime": "1.32.0"})  # what a fresh install has
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert main(["models", "doctor", "--models", str(model_dir), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in hub.MODELS}
+    assert set(rows) == set(hub.MODELS)  # one line per model: where it runs
+    assert rows["dlib_resnet_v1"].split()[-2:] == ["torch", "cpu"]
+    assert rows["yunet"].split()[-2:] == ["opencv", "cpu"]
+    assert "onnxruntime (uniform swaps) + torch (per-block mixing)" in rows["inswapper_128"]
+    assert rows["hyperswap_1a_256"].split()[-3] == "onnxruntime"
     assert out.rstrip().endswith("onnxruntime install: ok")
     distributions({"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"})
     assert main(["models", "doctor", "--models", str(model_dir)]) == 1

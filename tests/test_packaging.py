@@ -29,6 +29,17 @@ def test_requirements_match_pyproject_dependencies() -> None:
     assert "torch" in map(_normalise, project["dependencies"])
 
 
+def test_an_install_brings_one_onnxruntime_build() -> None:
+    """insightface requires the CPU build 'onnxruntime'; asking for onnxruntime-gpu too puts two builds into one
+    folder (the last one written wins) and 'models doctor' fails on a fresh install. No GPU path needs it."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = [_normalise(requirement).split(";")[0] for requirement in project["dependencies"]]
+    onnxruntimes = [name for name in names if name.startswith("onnxruntime")]
+    assert onnxruntimes == ["onnxruntime"]
+    for extra, requirements in project["optional-dependencies"].items():
+        assert not any(_normalise(r).startswith("onnxruntime-") for r in requirements), extra
+
+
 def test_pyproject_has_what_the_registry_and_pip_need() -> None:
     data = tomllib.loads((REPO / "pyproject.toml").read_text())
     project = data["project"]

@@ -63,6 +63,14 @@ def fake_available(monkeypatch: pytest.MonkeyPatch, providers: list[str]) -> Non
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(providers))
 
 
+def fake_cuda_machine(monkeypatch: pytest.MonkeyPatch, *, gpu: bool = True, torch_cuda: str | None = "12.8",
+                      torch_sees: bool = True) -> None:  # fmt: skip
+    """Pretend the machine has an NVIDIA GPU (``gpu``), torch is a CUDA build (``torch_cuda``) that sees it."""
+    monkeypatch.setattr(runtime, "nvidia_gpu_present", lambda: gpu)
+    monkeypatch.setattr(torch.version, "cuda", torch_cuda)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: torch_sees)
+
+
 # --- provider lists ---------------------------------------------------------------------------
 
 
@@ -147,6 +155,7 @@ def test_gpu_provider_missing_from_build_warns_with_the_build(
 ) -> None:
     fake_available(monkeypatch, [CPU])
     fake_distributions(monkeypatch, {"onnxruntime": "1.31.1"})
+    fake_cuda_machine(monkeypatch)
     with caplog.at_level(logging.INFO, logger="facemagic_core.runtime"):
         session = runtime.create_session(tiny_model, providers=["cuda", "cpu"], what="swapper")
     assert session.get_providers() == [CPU]
@@ -154,7 +163,8 @@ def test_gpu_provider_missing_from_build_warns_with_the_build(
     assert len(warnings) == 1
     assert "swapper: CUDAExecutionProvider was asked for but the session runs on the CPU" in warnings[0]
     assert "installed onnxruntime build (onnxruntime 1.31.1) does not offer CUDAExecutionProvider" in warnings[0]
-    assert "install onnxruntime-gpu instead" in warnings[0]
+    assert "FaceMagic does not need it (on a GPU its models run in torch)" in warnings[0]
+    assert "-m pip uninstall -y onnxruntime && " in warnings[0] and "-m pip install onnxruntime-gpu" in warnings[0]
 
 
 def test_gpu_provider_available_but_not_taken_blames_cuda_libraries(
@@ -245,6 +255,7 @@ def test_fallback_reason_prefers_the_install_trap(
 ) -> None:
     fake_distributions(monkeypatch, {"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"})
     fake_available(monkeypatch, [CPU])
+    fake_cuda_machine(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="facemagic_core.runtime"):
         runtime.create_session(tiny_model, providers=["cuda"])
     assert "uninstall -y onnxruntime onnxruntime-gpu" in caplog.text
@@ -299,7 +310,8 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert runtime.resolve_device(None) == torch.device("cpu")
     assert runtime.resolve_device("auto") == torch.device("cpu")
     assert runtime.resolve_device(torch.device("cpu")) == torch.device("cpu")
-    with pytest.raises(BadInputError, match="sees no CUDA GPU"):
+    fake_cuda_machine(monkeypatch, torch_sees=False)
+    with pytest.raises(BadInputError, match=r"built for CUDA 12\.8\) sees no GPU"):
         runtime.resolve_device("cuda:1")
     with pytest.raises(BadInputError, match="no Metal GPU"):
         runtime.resolve_device("mps")
@@ -348,3 +360,36 @@ def test_directml_sessions_get_the_options_directml_needs(tiny_model: Path, monk
     assert options.enable_mem_pattern is False
     assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     assert seen["providers"] == [("DmlExecutionProvider", {"device_id": 1}), CPU]
+
+
+def test_a_gpu_request_names_the_first_real_cause_in_order(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No CUDA device, then a CPU-only torch, then a torch that sees no GPU, then the provider, then the trap."""
+    fake_distributions(monkeypatch, {"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"})  # the trap is there too
+    fake_available(monkeypatch, [CPU])
+
+    def reason_for(**machine: object) -> str:
+        fake_cuda_machine(monkeypatch, **machine)  # type: ignore[arg-type]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="facemagic_core.runtime"):
+            runtime.create_session(tiny_model, providers=["cuda"], what="detector")
+        (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        with pytest.raises(BadInputError) as raised:
+            runtime.resolve_device("cuda")
+        assert str(raised.value).split(" (device)")[0].removeprefix("the device 'cuda' was asked for but ") in warning
+        return warning
+
+    assert "this machine has no CUDA GPU" in reason_for(gpu=False, torch_cuda=None, torch_sees=False)
+    assert "is CPU-only" in reason_for(gpu=True, torch_cuda=None, torch_sees=False)
+    assert "sees no GPU" in reason_for(gpu=True, torch_cuda="12.8", torch_sees=False)
+    fake_cuda_machine(monkeypatch)  # torch is fine: now onnxruntime's own state is the cause
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="facemagic_core.runtime"):
+        runtime.create_session(tiny_model, providers=["cuda"], what="detector")
+    assert "uninstall -y onnxruntime onnxruntime-gpu" in caplog.text  # the trap
+    fake_distributions(monkeypatch, {"onnxruntime": "1.31.1"})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="facemagic_core.runtime"):
+        runtime.create_session(tiny_model, providers=["cuda"], what="detector")
+    assert "does not offer CUDAExecutionProvider" in caplog.text  # the provider is missing from this build

@@ -109,14 +109,43 @@ def run_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def runtime_plan(spec: Any, device: Any) -> tuple[str, str]:
+    """Where the registry model ``spec`` runs when loaded for the torch ``device``: (runtime, device words).
+
+    The rules the loaders apply: dlib's and face-api's networks are torch modules; YuNet runs in
+    OpenCV on the CPU; inswapper-layout swappers follow :func:`..generators.choice.choose_swapper_runtime`;
+    other ONNX models run in onnxruntime on the provider the device asks for, or the CPU.
+    """
+    from ..generators.choice import choose_swapper_runtime
+    from ..runtime import CPU_PROVIDER, onnx_providers, usable_providers
+
+    where = str(device)
+    if spec.name in ("dlib_resnet_v1", "faceapi_landmark68"):
+        return "torch", where
+    if spec.name == "yunet":
+        return "opencv", "cpu"
+    if spec.kind == "swapper" and spec.embedding is not None and "emap" in spec.embedding:
+        chosen = choose_swapper_runtime(device)
+        if chosen == "both":
+            return "onnxruntime (uniform swaps) + torch (per-block mixing)", "cpu"
+        return f"torch (converted, checked against onnxruntime at load; {chosen})", where
+    usable = usable_providers(onnx_providers("cpu" if device.type == "cpu" else str(device)))
+    names = [name if isinstance(name, str) else name[0] for name in usable]
+    gpu = [name for name in names if name != CPU_PROVIDER]
+    return "onnxruntime", f"{gpu[0]}" if gpu else "cpu (CPUExecutionProvider)"
+
+
 def run_doctor(args: argparse.Namespace) -> int:
     import torch
 
+    from ..hub import MODELS, model_status
     from ..runtime import (
         available_providers,
         check_onnxruntime_install,
+        cuda_unavailable_reason,
         installed_onnxruntime_distributions,
         onnx_providers,
+        resolve_device,
     )
 
     installed = [f"{name} {version}" for name, version in installed_onnxruntime_distributions().items()]
@@ -126,14 +155,30 @@ def run_doctor(args: argparse.Namespace) -> int:
     chosen = [spec if isinstance(spec, str) else f"{spec[0]} {spec[1]}" for spec in onnx_providers(args.device)]
     print(f"providers for --device {args.device}: {', '.join(chosen)}")
     cuda = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "no CUDA"
-    print(f"torch: {torch.__version__} ({cuda})")
-    print(f"model folder: {_models_dir(args)}")
+    print(f"torch: {torch.__version__} ({cuda}, {torch.get_num_threads()} CPU threads)")
+    if not torch.cuda.is_available():
+        print(f"GPU: not used: {cuda_unavailable_reason()}")
+    model_dir = _models_dir(args)
+    print(f"model folder: {model_dir}")
+    problems = 0
+    try:
+        device = resolve_device(args.device)
+    except FaceMagicError as error:
+        print(f"device {args.device}: PROBLEM: {error}")
+        device, problems = torch.device("cpu"), problems + 1
+    rows = []
+    for spec in MODELS.values():
+        runtime, where = runtime_plan(spec, device)
+        rows.append((spec.name, spec.kind, model_status(spec, model_dir), runtime, where))
+    print(f"where each model runs on {device}:")
+    print(format_table(("model", "kind", "file", "runtime", "device"), rows))
     fix = check_onnxruntime_install()
     if fix is None:
         print("onnxruntime install: ok")
-        return 0
-    print(f"onnxruntime install: PROBLEM: {fix}")
-    return 1
+    else:
+        print(f"onnxruntime install: PROBLEM: {fix}")
+        problems += 1
+    return 1 if problems else 0
 
 
 def register(subparsers: Any) -> None:
@@ -171,7 +216,11 @@ def register(subparsers: Any) -> None:
     verify.set_defaults(handler=run_verify)
 
     doctor = actions.add_parser(
-        "doctor", help="show the onnxruntime providers and torch devices, and how to repair a broken install"
+        "doctor",
+        help=(
+            "show where each model runs (runtime, device), the onnxruntime providers and torch devices, and how "
+            "to repair a broken install"
+        ),
     )
     add_model_options(doctor)
     doctor.set_defaults(handler=run_doctor)

@@ -29,6 +29,7 @@ from ..errors import BadInputError, ModelNotFoundError
 from ..hub import MODELS, ensure_model
 from ..runtime import ProviderSpec, onnx_providers, resolve_device, resolve_dtype
 from .base import SwapModel, TorchSwapper
+from .choice import RuntimeChoiceSwapper, choose_swapper_runtime
 from .convert import convert_checked, load_conversion, save_conversion
 from .inswapper import InswapperGenerator
 from .network import CONFIG_NAME, SwapGenerator, is_repo_id
@@ -57,14 +58,20 @@ def load_generator(
     prefer_native: bool = True,
     offline: bool | None = None,
     cache_conversion: bool = True,
+    runtime: str = "auto",
 ) -> SwapModel:
     """Load a swap model by registry name, folder, Hub repository id or ONNX file (see the module docstring).
+
+    ``runtime`` decides where an inswapper-layout ONNX file runs (:func:`.choice.choose_swapper_runtime`):
+    ``auto`` (native torch module on a GPU; on the CPU onnxruntime for uniform swaps and torch for
+    per-block mixing), ``torch`` or ``onnxruntime``. Other files run where they can.
 
     ``cache_conversion``: keep a verified conversion of an inswapper-layout file beside it
     (``<file>.native.safetensors``) so that later loads skip the conversion and its check.
     """
     folder = Path(model_dir)
     text = os.fspath(name_or_path)
+    choose_swapper_runtime(torch.device("cpu"), runtime)  # an unknown runtime is refused before anything loads
     torch_device = resolve_device(device)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, torch_device)
     session_providers = onnx_providers(None if device is None else str(device), providers)
@@ -81,6 +88,7 @@ def load_generator(
                 providers=session_providers,
                 prefer_native=prefer_native,
                 cache_conversion=cache_conversion,
+                runtime=runtime,
             )
         if candidate.is_file() and candidate.name in (CONFIG_NAME, "model.safetensors"):
             return load_native(candidate.parent, device=torch_device, dtype=torch_dtype)
@@ -102,6 +110,7 @@ def load_generator(
             providers=session_providers,
             prefer_native=prefer_native,
             cache_conversion=cache_conversion,
+            runtime=runtime,
         )
     if is_repo_id(text) and not Path(text).exists():
         local = folder / "facemagic" / text.replace("/", "--")
@@ -136,27 +145,31 @@ def load_onnx_generator(
     providers: list[ProviderSpec],
     prefer_native: bool = True,
     cache_conversion: bool = True,
+    runtime: str = "auto",
 ) -> SwapModel:
-    """An ONNX swapper: the converted native module when possible, else onnxruntime.
+    """An ONNX swapper: the converted native module when possible, else onnxruntime; on the CPU with
+    ``runtime="auto"`` both (:class:`.choice.RuntimeChoiceSwapper`).
 
     With ``cache_conversion``, a verified conversion is read from (or written to) the cache
     beside the file (:func:`.convert.load_conversion`), keyed by the file's sha256: a later
-    load skips parsing the graph, the onnxruntime session and the check.
+    load skips parsing the graph and the check.
     """
     from ..hub import sha256_file
     from ..runtime import create_session
 
     label = spec.name if spec is not None else path.stem
-    native = prefer_native and (spec is None or spec.embedding in (None, "emap"))
+    where = choose_swapper_runtime(device, runtime)
+    native = prefer_native and where != "onnxruntime" and (spec is None or spec.embedding in (None, "emap"))
     digest = sha256_file(path) if native and cache_conversion else None
+    module = None
     if digest is not None:
-        cached = load_conversion(path, digest)
-        if cached is not None:
-            return _native_swapper(cached, spec, label, device, dtype)
+        module = load_conversion(path, digest)
+        if module is not None and where == "torch":
+            return _native_swapper(module, spec, label, device, dtype)
     model = load_onnx_model(path)
     check_weights_finite(model, path)
     session = create_session(path, providers=providers, what=label)
-    if native and read_emap(model) is not None:
+    if module is None and native and read_emap(model) is not None:
         renormalize = spec.latent_renormalize if spec is not None else True
         module, reason = convert_checked(
             model,
@@ -165,12 +178,17 @@ def load_onnx_generator(
             where=str(path),
             device=device if device.type == "cuda" else None,
         )
-        if module is not None:
-            if digest is not None:
-                save_conversion(module, path, digest)
-            return _native_swapper(module, spec, label, device, dtype)
-        logger.warning("%s runs through onnxruntime, not as a native module: %s", label, reason)
-    return OnnxSwapper(path, spec=spec, session=session, model=model)
+        if module is None:
+            logger.warning("%s runs through onnxruntime, not as a native module: %s", label, reason)
+        elif digest is not None:
+            save_conversion(module, path, digest)
+    if module is None:
+        return OnnxSwapper(path, spec=spec, session=session, model=model)
+    swapper = _native_swapper(module, spec, label, device, dtype)
+    if where == "both":
+        logger.info("%s: onnxruntime runs uniform swaps on the CPU, the native module per-block mixing", label)
+        return RuntimeChoiceSwapper(swapper, OnnxSwapper(path, spec=spec, session=session, model=model))
+    return swapper
 
 
 def _native_swapper(
