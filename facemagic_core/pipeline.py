@@ -48,7 +48,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, get_args
@@ -72,7 +73,9 @@ from .blend import (
 from .errors import BadInputError, CancelledError, IncompatibleIdentityError, NoFaceError, OutOfMemoryError
 from .generators.base import SwapModel, SwapOutput, is_out_of_memory, swap_woven
 from .images import check_images
+from .mapping import FaceMapping
 from .pose import FAILURE_POLICIES, FailurePolicy, PoseReport, PoseThresholds, apply_pose_policy, check_pose
+from .tracking import FaceTracks, TrackedFace, TrackingConfig
 from .types import EMBEDDING_DIM, FACE_ORDERS, Face, FaceOrder, FloatArray, Identity, ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -192,6 +195,8 @@ class SwapOptions:
     pose_policy: FailurePolicy = "keep"  # a face failing the pose check: keep the swap, or the original face
     no_face: NoFacePolicy = "error"  # a frame without the face asked for: raise NoFaceError, or pass it through
     chunk_size: int = DEFAULT_CHUNK_SIZE  # frames aligned, swapped and pasted at once (halved on out-of-memory)
+    mapping: FaceMapping | None = None  # which identity goes to which face; replaces face_order..min_similarity
+    tracking: TrackingConfig | None = None  # link faces across frames and fill in missed detections (videos)
 
     def __post_init__(self) -> None:
         _check_literal(self.face_order, FACE_ORDERS, "face order")
@@ -237,6 +242,10 @@ class SwapOptions:
             raise BadInputError(
                 "min_similarity needs a reference embedding", where="swap options", fix="set reference too"
             )
+        if self.mapping is not None and not isinstance(self.mapping, FaceMapping):
+            raise BadInputError(f"mapping must be a FaceMapping, got {type(self.mapping).__name__}")
+        if self.tracking is not None and not isinstance(self.tracking, TrackingConfig):
+            raise BadInputError(f"tracking must be a TrackingConfig, got {type(self.tracking).__name__}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -306,6 +315,9 @@ class SwapResult:
     faces: tuple[Face, ...] = ()  # the swapped target faces (image_index with frame_offset)
     pose_landmarks: tuple[FloatArray, FloatArray] | None = None  # (target, result) (F, N, 2) frame pixels
     frame_offset: int = 0  # images[i] is frame frame_offset + i of the video
+    identity_index: tuple[int, ...] = ()  # with a mapping or tracking: the identity each face got (F,)
+    tracks: tuple[int, ...] = ()  # with tracking: the track number of each face (F,)
+    interpolated: tuple[bool, ...] = ()  # with tracking: True for a face filled in where detection missed it (F,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -688,13 +700,17 @@ def forward_swap(
     generator: SwapModel,
     identities: Identity | Sequence[Identity],
     strength: float | Sequence[float] = 1.0,
+    *,
+    identity_index: Sequence[int] | None = None,
 ) -> SwapOutput:
     """Run the generator on every crop of ``batch``: ``SwapOutput(images (F, 3, C, C), mask or None)``.
 
     Face ``f`` gets ``identities[batch.face_index[f]]`` (the last one repeats; see the module
-    docstring); its target identity is its own normalised embedding. ``strength`` is one
-    number or one per generator block (coarsest first). Crops woven at ``batch.weave``
-    times the model size run as ``weave**2`` sub-images (:func:`swap_woven`).
+    docstring), or ``identities[identity_index[f]]`` when ``identity_index`` is given (a
+    :class:`~facemagic_core.mapping.FaceMapping`'s choice); its target identity is its own
+    normalised embedding. ``strength`` is one number or one per generator block (coarsest
+    first). Crops woven at ``batch.weave`` times the model size run as ``weave**2`` sub-images
+    (:func:`swap_woven`).
     """
     listed = [identities] if isinstance(identities, Identity) else list(identities)
     if not listed:
@@ -720,14 +736,24 @@ def forward_swap(
     if batch.num_faces == 0:
         empty = batch.crops.new_zeros(batch.crops.shape)
         return SwapOutput(images=empty, mask=None)
-    if batch.faces and len(listed) < max(batch.face_index) + 1:
+    if identity_index is not None:
+        wanted = [int(number) for number in identity_index]
+        if len(wanted) != batch.num_faces or any(not 0 <= number < len(listed) for number in wanted):
+            raise BadInputError(
+                f"identity_index needs one identity number from 0 to {len(listed) - 1} per face "
+                f"({batch.num_faces} faces), got {wanted[:8]}",
+                where="forward_swap",
+                fix="give as many identities as the face mapping names",
+            )
+    elif batch.faces and len(listed) < max(batch.face_index) + 1:
         logger.info(
             "%d identities for up to %d faces per frame: faces beyond the list take the last identity",
             len(listed),
             max(batch.face_index) + 1,
         )
     table = torch.from_numpy(np.stack([identity.for_blocks(num_blocks) for identity in listed])).to(device)
-    choice = torch.tensor([min(position, len(listed) - 1) for position in batch.face_index], device=device)
+    positions = wanted if identity_index is not None else [min(p, len(listed) - 1) for p in batch.face_index]
+    choice = torch.tensor(positions, device=device)
     source = table[choice]  # (F, K, D)
     target = batch.target_embeddings()
     if target.shape[-1] != source.shape[-1]:
@@ -969,10 +995,11 @@ def _swap_aligned(
     generator: SwapModel,
     options: SwapOptions,
     external_mask: Tensor | None,
+    identity_index: Sequence[int] | None = None,
 ) -> _ChunkResult:
     """Alignment to paste-back for frames whose faces are chosen (and smoothed) already."""
     batch = align_target_faces(frames, faces_per_frame, generator, weave=options.weave, no_face="pass")
-    swapped = forward_swap(batch, generator, identities, options.strength)
+    swapped = forward_swap(batch, generator, identities, options.strength, identity_index=identity_index)
     keep = None
     reports: tuple[PoseReport, ...] = ()
     targets = results = None
@@ -999,6 +1026,292 @@ def _swap_aligned(
 
 def _with_frame(report: PoseReport, frame: int) -> PoseReport:
     return dataclasses.replace(report, image_index=frame)
+
+
+def _swap_parts(
+    frames: Tensor,
+    chosen: Sequence[Sequence[Face]],
+    identity_index: Sequence[int] | None,
+    identities: Identity | Sequence[Identity],
+    analyzer: Analyzer,
+    generator: SwapModel,
+    options: SwapOptions,
+    external_mask: Tensor | None,
+    budget: list[int],
+    first_frame: int,
+    whole: int | None,
+) -> _ChunkResult:
+    """Alignment to paste-back of ``frames`` with their chosen faces, ``budget[0]`` frames per call.
+
+    On out-of-memory the frames per call are halved (in ``budget``, so for later chunks too) and
+    the part retried. Pose reports come back with ``image_index`` counted within ``frames``.
+    """
+    count = int(frames.shape[0])
+    faces_before = np.cumsum([0, *(len(faces) for faces in chosen)])
+    images: list[Tensor] = []
+    masks: list[Tensor] = []
+    reports: list[PoseReport] = []
+    targets: list[FloatArray] = []
+    results: list[FloatArray] = []
+    part_start = 0
+    while part_start < count:
+        part_stop = min(part_start + budget[0], count)
+        mask_part = None
+        if external_mask is not None:
+            mask_part = external_mask if external_mask.shape[0] == 1 else external_mask[part_start:part_stop]
+        wanted = None
+        if identity_index is not None:
+            wanted = identity_index[int(faces_before[part_start]) : int(faces_before[part_stop])]
+        try:
+            piece = _swap_aligned(
+                frames[part_start:part_stop].to(generator.device),  # moved once; stays there until pasted
+                [list(faces) for faces in chosen[part_start:part_stop]],
+                identities,
+                analyzer,
+                generator,
+                options,
+                mask_part,
+                wanted,
+            )
+        except (torch.OutOfMemoryError, RuntimeError, OutOfMemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            if part_stop - part_start == 1:
+                raise BadInputError(
+                    f"out of memory on {generator.device} even with one frame per chunk",
+                    where=_frame_label(first_frame + part_start, whole),
+                    fix="use a smaller weave factor or dtype fp16, free memory held by other models, or run on the CPU",
+                ) from error
+            budget[0] = max(1, (part_stop - part_start) // 2)
+            if generator.device.type == "cuda":
+                torch.cuda.empty_cache()
+            logger.warning("out of memory on %s; retrying with %d frames per chunk", generator.device, budget[0])
+            continue
+        images.append(piece.images)
+        masks.append(piece.masks)
+        reports.extend(_with_frame(report, part_start + report.image_index) for report in piece.reports)
+        if piece.targets is not None and piece.results is not None:
+            targets.append(piece.targets)
+            results.append(piece.results)
+        part_start = part_stop
+    return _ChunkResult(
+        images[0] if len(images) == 1 else torch.cat(images),
+        masks[0] if len(masks) == 1 else torch.cat(masks),
+        tuple(reports),
+        np.concatenate(targets) if targets else None,
+        np.concatenate(results) if results else None,
+    )
+
+
+def _take_frames(pending: deque[Tensor], count: int) -> Tensor:
+    """The oldest ``count`` frames of the chunks in ``pending`` (removed from it), as one batch."""
+    taken: list[Tensor] = []
+    while count > 0:
+        head = pending[0]
+        if head.shape[0] <= count:
+            taken.append(pending.popleft())
+        else:
+            taken.append(head[:count])
+            pending[0] = head[count:]
+        count -= int(taken[-1].shape[0])
+    return taken[0] if len(taken) == 1 else torch.cat(taken)
+
+
+def _listed(identities: Identity | Sequence[Identity]) -> list[Identity]:
+    return [identities] if isinstance(identities, Identity) else list(identities)
+
+
+def _stream_mapping(options: SwapOptions, identities: Identity | Sequence[Identity]) -> FaceMapping:
+    listed = _listed(identities)
+    if options.mapping is None:
+        return FaceMapping.from_selection(
+            order=options.face_order,
+            index=options.face_index,
+            reference=options.reference,
+            min_similarity=options.min_similarity,
+            num_identities=len(listed),
+        )
+    if options.mapping.num_identities > len(listed):
+        raise BadInputError(
+            f"the face mapping names identity {options.mapping.num_identities - 1} (counted from 0), "
+            f"but {len(listed)} identit{'y was' if len(listed) == 1 else 'ies were'} given",
+            where="swap options",
+            fix=f"give {options.mapping.num_identities} identities, or map faces only to the ones given",
+        )
+    return options.mapping
+
+
+def swap_stream(
+    chunks: Iterable[Tensor],
+    identities: Identity | Sequence[Identity],
+    analyzer: Analyzer,
+    generator: SwapModel,
+    options: SwapOptions,
+    *,
+    smoother: FaceTracker | None = None,
+    external_mask: Tensor | None = None,
+    frame_offset: int = 0,
+    total_frames: int | None = None,
+) -> Iterator[SwapResult]:
+    """Swap consecutive chunks of one clip with ``options.mapping`` and ``options.tracking``; one result per piece.
+
+    Each chunk is analysed at once (every face with its embedding, one batched recogniser call);
+    the mapping gives faces their identities, and with tracking the faces are linked across
+    frames (:class:`~facemagic_core.tracking.FaceTracks`) and missed detections filled in. A
+    frame is swapped once it is settled, so results lag the chunks by at most
+    ``options.tracking.max_gap`` frames and memory holds at most that many frames beyond a chunk.
+    ``external_mask`` (one for all frames, or one per frame of the whole clip) limits where
+    faces change. The results' frame numbers start at ``frame_offset``.
+    """
+    mapping = _stream_mapping(options, identities)
+    tracks = FaceTracks(mapping, options.tracking) if options.tracking is not None else None
+    dense = options.mask == "hull"
+    pending: deque[Tensor] = deque()
+    detected: deque[int] = deque()
+    budget = [options.chunk_size]
+    pushed = 0
+    emitted = 0
+
+    def settle(ready: list[list[TrackedFace]]) -> SwapResult | None:
+        nonlocal emitted
+        if not ready:
+            return None
+        frames = _take_frames(pending, len(ready))
+        found = [detected.popleft() for _ in ready]
+        first = frame_offset + emitted
+        chosen = [[item.face for item in items] for items in ready]
+        if smoother is not None:
+            chosen = smoother.smooth(chosen)
+        missing = [frame for frame, faces in enumerate(chosen) if not faces]
+        if missing and options.no_face == "error":
+            plain = options if options.mapping is None else None
+            raise _no_face_error(missing, first, total_frames, found=found[missing[0]], options=plain)
+        items = [item for frame_items in ready for item in frame_items]
+        identity_index = [mapping.rules[item.rule].identity for item in items]
+        mask_part = None
+        if external_mask is not None:
+            mask_part = external_mask if external_mask.shape[0] == 1 else external_mask[emitted : emitted + len(ready)]
+        parts = _swap_parts(
+            frames,
+            chosen,
+            identity_index,
+            identities,
+            analyzer,
+            generator,
+            options,
+            mask_part,
+            budget,
+            first,
+            total_frames,
+        )
+        emitted += len(ready)
+        return SwapResult(
+            images=parts.images.to(frames.device),
+            masks=parts.masks.to(frames.device),
+            frames_without_face=tuple(first + frame for frame in missing),
+            face_counts=tuple(len(faces) for faces in chosen),
+            pose_reports=tuple(_with_frame(report, first + report.image_index) for report in parts.reports),
+            faces=tuple(
+                dataclasses.replace(face, image_index=first + frame)
+                for frame, faces in enumerate(chosen)
+                for face in faces
+            ),
+            pose_landmarks=(parts.targets, parts.results)
+            if parts.targets is not None and parts.results is not None
+            else None,
+            frame_offset=first,
+            identity_index=tuple(identity_index),
+            tracks=tuple(item.track for item in items) if tracks is not None else (),
+            interpolated=tuple(item.interpolated for item in items) if tracks is not None else (),
+        )
+
+    for chunk in chunks:
+        faces = analyzer.analyze(chunk, landmarks=dense, embeddings=True)
+        if len(faces) != chunk.shape[0]:
+            raise BadInputError(
+                f"the face analyzer returned results for {len(faces)} of {chunk.shape[0]} frames",
+                fix="this is a bug in the analyzer; please report it",
+            )
+        faces = [[dataclasses.replace(face, image_index=pushed + n) for face in frame] for n, frame in enumerate(faces)]
+        pushed += len(faces)
+        pending.append(chunk)
+        detected.extend(len(frame) for frame in faces)
+        if tracks is not None:
+            ready = tracks.push(faces)
+        else:
+            ready = []
+            for frame in faces:
+                rules = mapping.assign(frame)
+                items = [
+                    TrackedFace(face, -1, rule, False)
+                    for face, rule in zip(frame, rules, strict=True)
+                    if rule is not None
+                ]
+                ready.append(sorted(items, key=lambda item: item.rule))
+        result = settle(ready)
+        if result is not None:
+            yield result
+    if tracks is not None:
+        result = settle(tracks.finish())
+        if result is not None:
+            yield result
+
+
+def _swap_mapped(
+    frames_in: Tensor,
+    identities: Identity | Sequence[Identity],
+    analyzer: Analyzer,
+    generator: SwapModel,
+    options: SwapOptions,
+    progress: ProgressCallback | None,
+    smoother: FaceTracker | None,
+    external_mask: Tensor | None,
+    frame_offset: int,
+    whole: int | None,
+) -> SwapResult:
+    """:func:`swap_faces` with a mapping or tracking: :func:`swap_stream` over chunks of the batch."""
+    total = int(frames_in.shape[0])
+    size = options.chunk_size
+    output = torch.empty_like(frames_in)
+    masks = frames_in.new_empty((total, frames_in.shape[2], frames_in.shape[3]))
+    pieces: list[SwapResult] = []
+    stream = swap_stream(
+        (frames_in[start : start + size] for start in range(0, total, size)),
+        identities,
+        analyzer,
+        generator,
+        options,
+        smoother=smoother,
+        external_mask=external_mask,
+        frame_offset=frame_offset,
+        total_frames=whole,
+    )
+    done = 0
+    for piece in stream:
+        count = int(piece.images.shape[0])
+        output[done : done + count] = piece.images
+        masks[done : done + count] = piece.masks
+        done += count
+        pieces.append(piece)
+        if progress is not None:
+            progress(done, total)
+    pose = [piece.pose_landmarks for piece in pieces if piece.pose_landmarks is not None]
+    without = tuple(frame for piece in pieces for frame in piece.frames_without_face)
+    if without:
+        logger.info("%d frame(s) without the face asked for were passed through unchanged", len(without))
+    return SwapResult(
+        images=output,
+        masks=masks,
+        frames_without_face=without,
+        face_counts=tuple(count for piece in pieces for count in piece.face_counts),
+        pose_reports=tuple(report for piece in pieces for report in piece.pose_reports),
+        faces=tuple(face for piece in pieces for face in piece.faces),
+        pose_landmarks=(np.concatenate([p[0] for p in pose]), np.concatenate([p[1] for p in pose])) if pose else None,
+        frame_offset=frame_offset,
+        identity_index=tuple(number for piece in pieces for number in piece.identity_index),
+        tracks=tuple(number for piece in pieces for number in piece.tracks),
+        interpolated=tuple(flag for piece in pieces for flag in piece.interpolated),
+    )
 
 
 def swap_faces(
@@ -1077,10 +1390,14 @@ def swap_faces(
     reports: list[PoseReport] = []
     targets: list[FloatArray] = []
     results: list[FloatArray] = []
-    chunk = options.chunk_size
+    if options.mapping is not None or options.tracking is not None:
+        return _swap_mapped(
+            frames_in, identities, analyzer, generator, options, progress, tracker, external_mask, frame_offset, whole
+        )
+    budget = [options.chunk_size]  # frames per generator call, halved for good on out-of-memory
     start = 0
     while start < total:
-        stop = min(start + chunk, total)
+        stop = min(start + options.chunk_size, total)
         frames = frames_in[start:stop]
         chosen = select_target_faces(
             frames,
@@ -1097,56 +1414,35 @@ def swap_faces(
             raise _no_face_error(missing, frame_offset + start, whole, found=found, options=options)
         if tracker is not None:
             chosen = tracker.smooth(chosen)
-        # Alignment to paste-back: on out-of-memory, halve the frames per call for this and later chunks.
-        part_start = 0
-        while part_start < stop - start:
-            part_stop = min(part_start + chunk, stop - start)
-            mask_part = None
-            if external_mask is not None:
-                mask_part = (
-                    external_mask
-                    if external_mask.shape[0] == 1
-                    else external_mask[start + part_start : start + part_stop]
-                )
-            try:
-                piece = _swap_aligned(
-                    frames[part_start:part_stop].to(generator.device),  # moved once; stays there until pasted
-                    chosen[part_start:part_stop],
-                    identities,
-                    analyzer,
-                    generator,
-                    options,
-                    mask_part,
-                )
-            except (torch.OutOfMemoryError, RuntimeError, OutOfMemoryError) as error:
-                if not is_out_of_memory(error):
-                    raise
-                if part_stop - part_start == 1:
-                    raise BadInputError(
-                        f"out of memory on {generator.device} even with one frame per chunk",
-                        where=_frame_label(frame_offset + start + part_start, whole),
-                        fix="use a smaller weave factor or dtype fp16, free memory held by other models, "
-                        "or run on the CPU",
-                    ) from error
-                chunk = max(1, (part_stop - part_start) // 2)
-                if generator.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                logger.warning("out of memory on %s; retrying with %d frames per chunk", generator.device, chunk)
-                continue
-            if part_stop - part_start == total:
-                output, masks = piece.images.to(frames_in.device), piece.masks.to(frames_in.device)
-            else:
-                if output is None or masks is None:
-                    output = torch.empty_like(frames_in)
-                    masks = frames_in.new_empty((total, frames_in.shape[2], frames_in.shape[3]))
-                output[start + part_start : start + part_stop] = piece.images
-                masks[start + part_start : start + part_stop] = piece.masks
-            for report in piece.reports:
-                reports.append(_with_frame(report, frame_offset + start + part_start + report.image_index))
-            if piece.targets is not None and piece.results is not None:
-                targets.append(piece.targets)
-                results.append(piece.results)
-            part_start = part_stop
+        mask_part = None
+        if external_mask is not None:
+            mask_part = external_mask if external_mask.shape[0] == 1 else external_mask[start:stop]
+        parts = _swap_parts(
+            frames,
+            chosen,
+            None,
+            identities,
+            analyzer,
+            generator,
+            options,
+            mask_part,
+            budget,
+            frame_offset + start,
+            whole,
+        )
+        if stop - start == total:
+            output, masks = parts.images.to(frames_in.device), parts.masks.to(frames_in.device)
+        else:
+            if output is None or masks is None:
+                output = torch.empty_like(frames_in)
+                masks = frames_in.new_empty((total, frames_in.shape[2], frames_in.shape[3]))
+            output[start:stop] = parts.images
+            masks[start:stop] = parts.masks
+        for report in parts.reports:
+            reports.append(_with_frame(report, frame_offset + start + report.image_index))
+        if parts.targets is not None and parts.results is not None:
+            targets.append(parts.targets)
+            results.append(parts.results)
         for frame, faces in enumerate(chosen):
             absolute = frame_offset + start + frame
             counts.append(len(faces))
@@ -1188,6 +1484,7 @@ class VideoSwapSummary:
     face_counts: tuple[int, ...]
     pose_reports: tuple[PoseReport, ...]
     seconds: float  # wall time of the whole run
+    interpolated_faces: int = 0  # with tracking: faces filled in where the detector missed them
 
 
 def swap_video(
@@ -1219,12 +1516,22 @@ def swap_video(
     without: list[int] = []
     counts: list[int] = []
     reports: list[PoseReport] = []
+    interpolated = [0]
     started = time.perf_counter()
 
-    def swapped_chunks() -> Iterator[Tensor]:
+    def results() -> Iterator[SwapResult]:
+        chunks = iter_frames(source, options.chunk_size, max_frames=max_frames)
+        if options.mapping is not None or options.tracking is not None:
+            check_recognisers(analyzer, generator)
+            for identity in _listed(identities):
+                check_identity(identity, generator)
+            yield from swap_stream(
+                chunks, identities, analyzer, generator, options, smoother=tracker, total_frames=total or None
+            )
+            return
         done = 0
-        for chunk in iter_frames(source, options.chunk_size, max_frames=max_frames):
-            result = swap_faces(
+        for chunk in chunks:
+            yield swap_faces(
                 chunk,
                 identities,
                 analyzer,
@@ -1235,6 +1542,12 @@ def swap_video(
                 total_frames=total or None,
             )
             done += int(chunk.shape[0])
+
+    def swapped_chunks() -> Iterator[Tensor]:
+        done = 0
+        for result in results():
+            done += int(result.images.shape[0])
+            interpolated[0] += sum(result.interpolated)
             without.extend(result.frames_without_face)
             counts.extend(result.face_counts)
             reports.extend(result.pose_reports)
@@ -1257,4 +1570,5 @@ def swap_video(
         face_counts=tuple(counts),
         pose_reports=tuple(reports),
         seconds=time.perf_counter() - started,
+        interpolated_faces=interpolated[0],
     )
