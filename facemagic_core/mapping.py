@@ -31,6 +31,10 @@ import numpy as np
 from .errors import BadInputError
 from .types import FACE_ORDERS, GENDERS, Face, FaceOrder, FloatArray, Gender
 
+#: Identity similarity a face needs to count as a reference's person when nothing else is said: between
+#: identity.DIFFERENT_PEOPLE_THRESHOLD (0.2) and SAME_PERSON_THRESHOLD (0.4) of ArcFace w600k_r50, lenient
+#: enough for the turned and blurred faces of video frames.
+DEFAULT_REFERENCE_THRESHOLD = 0.3
 #: Most rules in one mapping (a frame with more people than this is not a use case of one node).
 MAX_RULES = 64
 

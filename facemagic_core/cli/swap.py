@@ -31,6 +31,7 @@ from ..types import FACE_ORDERS, Identity
 from ..video import WRITABLE_VIDEO_SUFFIXES, is_video_path, read_video_info
 from . import add_model_options
 from . import identity as identity_command
+from .mapping_options import add_mapping_options, build_mapping, build_tracking, map_sources, uses_mapping
 
 if TYPE_CHECKING:
     from ..analysis import FaceAnalyzer
@@ -281,6 +282,7 @@ def register(subparsers: Any) -> None:
         help="frames processed at once; smaller uses less memory (halved automatically on GPU out-of-memory) "
         "(default: %(default)s)",
     )
+    add_mapping_options(parser)
     add_model_options(parser)
     parser.set_defaults(handler=run_swap)
 
@@ -323,6 +325,8 @@ def build_identity(args: argparse.Namespace, analyzer: FaceAnalyzer, generator: 
 
     Several --identity files give one identity per face (a list, in face order)."""
     check_who(args)
+    if args.map:  # one identity per --map, in order
+        return [_identity_from_file(item.source, analyzer) for item in args.map]
     if args.identity:
         identities = [_load_named_identity(path) for path in args.identity]
         return identities[0] if len(identities) == 1 else identities
@@ -350,11 +354,11 @@ def build_identity(args: argparse.Namespace, analyzer: FaceAnalyzer, generator: 
 
 
 def check_who(args: argparse.Namespace) -> None:
-    """Exactly one of --source, --identity and --mix (checked before any model is loaded)."""
-    given = [name for name in ("source", "identity", "mix") if getattr(args, name)]
+    """Exactly one of --source, --identity, --mix and --map (checked before any model is loaded)."""
+    given = [name for name in ("source", "identity", "mix", "map") if getattr(args, name)]
     if len(given) != 1:
         raise BadInputError(
-            "say who to put in with exactly one of --source, --identity or --mix"
+            "say who to put in with exactly one of --source, --identity or --mix (or several people with --map)"
             + (f" (got {', '.join('--' + name for name in given)})" if given else ""),
             where="facemagic swap",
             fix="e.g. --source me.jpg, or --identity me.safetensors",
@@ -503,6 +507,7 @@ def check_output_not_an_input(output: Path, args: argparse.Namespace) -> None:
         *(args.source or []),
         *(args.identity or []),
         *(path for _, path in args.mix or []),
+        *map_sources(args),
     ]
     debug = args.pose_debug / "frame_*.png" if args.pose_debug is not None else None
     check_outputs_not_inputs(
@@ -561,14 +566,24 @@ def run_swap(args: argparse.Namespace) -> int:
     generator = load_generator(args.generator, model_dir=args.models, device=args.device, dtype=args.dtype)
     identity = build_identity(args, analyzer, generator)
     options = build_options(args, video=video)
+    if uses_mapping(args):
+        count = 1 if isinstance(identity, Identity) else len(identity)
+        index = options.face_index
+        mapping = build_mapping(args, analyzer, _identity_from_file, face_index=index, num_identities=count)
+        options = dataclasses.replace(options, mapping=mapping)
+    if video:
+        options = dataclasses.replace(options, tracking=build_tracking(args))
     described = "; ".join(
         ", ".join(one.sources) or one.extra.get("name", "an identity file")
         for one in ([identity] if isinstance(identity, Identity) else identity)
     )
     print(
         f"Swapping with {generator.name} on {generator.device} ({str(generator.dtype).removeprefix('torch.')}); "
-        f"identity from {described}" + ("" if isinstance(identity, Identity) else " (one per face, in face order)")
+        f"identity from {described}"
+        + ("" if isinstance(identity, Identity) or options.mapping else " (one per face, in face order)")
     )
+    if options.mapping is not None:
+        print("Faces: " + "; ".join(rule.describe() for rule in options.mapping.rules))
 
     if not video:
         image = load_image(target)
@@ -615,6 +630,8 @@ def run_swap(args: argparse.Namespace) -> int:
         f"Saved {output}: {summary.frames} frames at {summary.fps:.3g} fps, faces swapped in {swapped} frames "
         f"({sum(summary.face_counts)} faces) in {time.perf_counter() - started:.1f} s"
     )
+    if summary.interpolated_faces:
+        print(f"Faces the detector missed, followed and swapped: {summary.interpolated_faces}")
     if summary.frames_without_face:
         print(f"Frames without a face, kept unchanged: {_describe_frames(summary.frames_without_face)}")
     print_pose_summary(summary.pose_reports, full=False)
