@@ -247,3 +247,79 @@ class FaceMapping:
                 if taken[i] is None:
                     taken[i] = number
         return taken
+
+
+@dataclass(frozen=True)
+class FaceChoice:
+    """A rule's choice of faces as written: ``"1"``, ``"all"``, ``"ref:bob.jpg"``, ``"female,age:18-60"``."""
+
+    face_index: int | None  # None: every face the filters let through
+    reference: str | None  # what follows "ref:" ("" for a bare "ref"); None without a reference
+    gender: Gender | None
+    min_age: int | None
+    max_age: int | None
+
+    def rule(self, identity: int, reference: FloatArray | None, min_similarity: float | None) -> MappingRule:
+        """The rule giving ``identity`` to these faces (``reference``: the embedding ``self.reference`` names)."""
+        return MappingRule(
+            identity,
+            self.face_index,
+            reference,
+            min_similarity if reference is not None else None,
+            self.gender,
+            self.min_age,
+            self.max_age,
+        )
+
+
+def parse_age_range(text: str) -> tuple[int | None, int | None]:
+    """``"20-40"`` -> (20, 40); ``"18-"`` -> (18, None); ``"-12"`` -> (None, 12)."""
+    low, sep, high = text.strip().partition("-")
+    try:
+        ages = (int(low) if low.strip() else None, int(high) if high.strip() else None)
+    except ValueError:
+        ages = (-1, -1)
+    backwards = ages[0] is not None and ages[1] is not None and ages[0] > ages[1]
+    if not sep or backwards or any(age is not None and age < 0 for age in ages):
+        raise BadInputError(
+            f"expected an age range from low to high such as 20-40, 18- or -12, got {text!r}", where="face choice"
+        )
+    return ages
+
+
+def parse_face_choice(text: str) -> FaceChoice:
+    """Parse comma-separated parts: a face number, ``all``, ``ref``/``ref:NAME``, ``female``/``male``, ``age:LOW-HIGH``.
+
+    Without a face number or ``all``, a choice with a reference takes the most similar face, one
+    with only gender/age filters every face that passes, and an empty one face 0.
+    """
+    index: int | None = None
+    every = False
+    reference: str | None = None
+    gender: Gender | None = None
+    ages: tuple[int | None, int | None] = (None, None)
+    for raw in str(text).split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        if part.isdigit():
+            index = int(part)
+        elif part.lower() == "all":
+            every = True
+        elif part.lower() == "ref" or part.lower().startswith("ref:"):
+            reference = part[4:]
+        elif part.lower() in GENDERS:
+            gender = part.lower()  # type: ignore[assignment]
+        elif part.lower().startswith("age:"):
+            ages = parse_age_range(part[4:])
+        else:
+            raise BadInputError(
+                f"unknown face choice {part!r} in {text!r}",
+                where="face choice",
+                fix=f"use a face number (0, 1...), all, ref, {' or '.join(GENDERS)}, age:LOW-HIGH, joined by commas",
+            )
+    if every and index is not None:
+        raise BadInputError(f"give a face number or 'all', not both, in {text!r}", where="face choice")
+    if index is None and not every and (reference is not None or (gender is None and ages == (None, None))):
+        index = 0
+    return FaceChoice(index, reference, gender, ages[0], ages[1])

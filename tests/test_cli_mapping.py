@@ -97,10 +97,10 @@ def test_gender_filter_needs_a_genderage_model(
 
 def test_map_items_are_parsed() -> None:
     item = parse_map_item("me.jpg=ref:bob.jpg")
-    assert (item.source, item.face_index, item.reference) == (Path("me.jpg"), 0, Path("bob.jpg"))
-    item = parse_map_item("her.safetensors=female,age:18-60")
-    assert (item.face_index, item.gender, item.min_age, item.max_age) == (None, "female", 18, 60)
-    assert parse_map_item("a.jpg=all").face_index is None and parse_map_item("a.jpg=2").face_index == 2
-    for bad in ("a.jpg", "a.jpg=left", "a.jpg=age:40-20", "a.jpg=1,all"):
+    assert (item.source, item.choice.face_index, item.reference) == (Path("me.jpg"), 0, Path("bob.jpg"))
+    choice = parse_map_item("her.safetensors=female,age:18-60").choice
+    assert (choice.face_index, choice.gender, choice.min_age, choice.max_age) == (None, "female", 18, 60)
+    assert parse_map_item("a.jpg=all").choice.face_index is None and parse_map_item("a.jpg=2").choice.face_index == 2
+    for bad in ("a.jpg", "a.jpg=left", "a.jpg=age:40-20", "a.jpg=1,all", "a.jpg=ref"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_map_item(bad)

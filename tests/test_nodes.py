@@ -39,6 +39,7 @@ CORE_NODE_IDS = {
     "FaceMagicSaveIdentity",
     "FaceMagicLoadIdentity",
     "FaceMagicFaceSimilarity",
+    "FaceMagicSwapSeveralPeople",
 }
 
 

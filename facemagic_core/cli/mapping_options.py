@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError
-from ..mapping import DEFAULT_REFERENCE_THRESHOLD, FaceMapping, MappingRule
+from ..mapping import DEFAULT_REFERENCE_THRESHOLD, FaceChoice, FaceMapping, parse_age_range, parse_face_choice
 from ..tracking import DEFAULT_MAX_GAP, TrackingConfig
-from ..types import GENDERS, FaceOrder, Gender, Identity
+from ..types import GENDERS, FaceOrder, Identity
 
 if TYPE_CHECKING:
     from ..analysis import FaceAnalyzer
@@ -21,66 +21,35 @@ class MapItem:
     """One ``--map SOURCE=FACES`` as written: who (a photo or identity file) and the faces they go to."""
 
     source: Path
-    face_index: int | None  # None: every face the filters let through
-    reference: Path | None  # a photo (or identity file) of the target person to replace
-    gender: Gender | None
-    min_age: int | None
-    max_age: int | None
+    choice: FaceChoice
 
-
-def _age_range(text: str) -> tuple[int | None, int | None]:
-    low, sep, high = text.partition("-")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected an age range such as 20-40, 18- or -12, got {text!r}")
-    try:
-        ages = (int(low) if low else None, int(high) if high else None)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an age range such as 20-40, got {text!r}") from None
-    backwards = ages[0] is not None and ages[1] is not None and ages[0] > ages[1]
-    if backwards or any(age is not None and age < 0 for age in ages):
-        raise argparse.ArgumentTypeError(f"expected an age range from low to high such as 20-40, got {text!r}")
-    return ages
+    @property
+    def reference(self) -> Path | None:
+        return Path(self.choice.reference) if self.choice.reference else None
 
 
 def parse_map_item(text: str) -> MapItem:
     """``me.jpg=1``, ``me.jpg=all``, ``her.safetensors=female,age:18-60``, ``him.jpg=ref:man_in_clip.jpg``."""
     source, sep, faces = text.partition("=")
-    if not sep or not source or not faces:
+    if not sep or not source or not faces.strip():
         raise argparse.ArgumentTypeError(
             f"expected SOURCE=FACES, e.g. me.jpg=0 (face 0 in --order), me.jpg=ref:person.jpg, her.jpg=female; "
             f"got {text!r}"
         )
-    index: int | None = None
-    every = False
-    reference: Path | None = None
-    gender: Gender | None = None
-    ages: tuple[int | None, int | None] = (None, None)
-    for part in faces.split(","):
-        part = part.strip()
-        if part.isdigit():
-            index = int(part)
-        elif part == "all":
-            every = True
-        elif part.startswith("ref:") and len(part) > 4:
-            reference = Path(part[4:])
-        elif part in GENDERS:
-            gender = part  # type: ignore[assignment]
-        elif part.startswith("age:"):
-            ages = _age_range(part[4:])
-        else:
-            raise argparse.ArgumentTypeError(
-                f"unknown face choice {part!r} in {text!r}: use a face number (0, 1...), all, ref:PHOTO, "
-                f"{' or '.join(GENDERS)}, age:LOW-HIGH"
-            )
-    if every and index is not None:
-        raise argparse.ArgumentTypeError(f"give a face number or 'all', not both, in {text!r}")
-    if index is None and not every and (reference is not None or (gender is None and ages == (None, None))):
-        index = 0  # the most similar face to a reference; face 0 when nothing else is said
-    return MapItem(Path(source), index, reference, gender, ages[0], ages[1])
+    try:
+        choice = parse_face_choice(faces)
+    except BadInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if choice.reference == "":
+        raise argparse.ArgumentTypeError(f"name the reference photo after ref:, e.g. ref:person.jpg, in {text!r}")
+    return MapItem(Path(source), choice)
 
 
 def _age_text(text: str) -> tuple[int | None, int | None]:
-    return _age_range(text)
+    try:
+        return parse_age_range(text)
+    except BadInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_mapping_options(parser: argparse.ArgumentParser) -> None:
@@ -172,14 +141,10 @@ def build_mapping(
                 fix="e.g. --map me.jpg=ref:person.jpg or --map me.jpg=female,age:18-60",
             )
         rules = [
-            MappingRule(
+            item.choice.rule(
                 number,
-                item.face_index,
                 _embedding(item.reference, analyzer, identity_loader) if item.reference is not None else None,
-                threshold if item.reference is not None else None,
-                item.gender,
-                item.min_age,
-                item.max_age,
+                threshold,
             )
             for number, item in enumerate(args.map)
         ]

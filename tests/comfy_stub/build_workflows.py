@@ -227,12 +227,54 @@ def video_with_pose_check(build: WorkflowBuilder) -> None:
     )
 
 
+def video_two_people(build: WorkflowBuilder) -> None:
+    analyzer, generator = _loaders(build)
+    people = build.node("FaceMagicSwapSeveralPeople", (2 * COLUMN, 0), size=(360, 560))
+    for number in range(2):
+        photo = build.node(
+            "LoadImage",
+            (0, 340 + number * 300),
+            widgets={"image": f"facemagic_person_{number + 1}.png"},
+            size=(340, 270),
+            title=f"Person {number + 1} ({'left' if number == 0 else 'right'} in the video)",
+        )
+        extract = build.node("FaceMagicExtractIdentity", (COLUMN, 340 + number * 300), size=(340, 130))
+        build.link(analyzer, "analyzer", extract, "analyzer")
+        build.link(photo, "IMAGE", extract, "images")
+        build.link(extract, "identity", people, f"identity_{number + 1}")
+    video = build.node("LoadVideo", (0, 940), widgets={"file": TARGET_VIDEO}, size=(340, 320), title="Target video")
+    parts = build.node("GetVideoComponents", (COLUMN, 940), size=(300, 100))
+    build.link(video, "VIDEO", parts, "video")
+    build.link(parts, "images", people, "images")
+    build.link(generator, "generator", people, "generator")
+    build.link(analyzer, "analyzer", people, "analyzer")
+    report = build.node("PreviewAny", (3 * COLUMN, 0), size=(400, 200), title="What was swapped")
+    build.link(people, "report", report, "source")
+    create = build.node("CreateVideo", (3 * COLUMN, 260), size=(300, 100))
+    build.link(people, "images", create, "images")
+    build.link(parts, "fps", create, "fps")
+    build.link(parts, "audio", create, "audio")  # the target's sound is kept
+    save = build.node(
+        "SaveVideo", (3 * COLUMN, 420), widgets={"filename_prefix": "facemagic/two_people"}, size=(460, 400)
+    )
+    build.link(create, "VIDEO", save, "video")
+    build.note(
+        "Two people, two identities, one node: line 1 of 'face choices' sends person 1 to face 0 counted left to "
+        "right, line 2 sends person 2 to face 1. Faces are followed from frame to frame, so a face the detector "
+        "misses for a few frames is still swapped and nobody changes person when they cross. Connect reference_1/2 "
+        "(an identity of the person in the video) to pick faces by likeness instead. The video keeps its sound.",
+        (2 * COLUMN, 620),
+        size=(360, 390),
+    )
+
+
 WORKFLOWS: dict[str, Callable[[WorkflowBuilder], None]] = {
     "facemagic_single_photo_swap": single_photo_swap,
     "facemagic_mix_several_photos": several_photos_mixed,
     "facemagic_coarse_fine_mix": coarse_fine_mix,
     "facemagic_save_and_reuse_identity": save_and_reuse_identity,
     "facemagic_video_pose_check": video_with_pose_check,
+    "facemagic_video_two_people": video_two_people,
 }
 
 
