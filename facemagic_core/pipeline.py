@@ -1485,6 +1485,7 @@ class VideoSwapSummary:
     pose_reports: tuple[PoseReport, ...]
     seconds: float  # wall time of the whole run
     interpolated_faces: int = 0  # with tracking: faces filled in where the detector missed them
+    audio: bool = False  # the source's sound was copied into the output
 
 
 def swap_video(
@@ -1498,6 +1499,7 @@ def swap_video(
     *,
     max_frames: int | None = None,
     on_result: Callable[[SwapResult], None] | None = None,
+    audio: bool = True,
 ) -> VideoSwapSummary:
     """Swap faces in a video or GIF file chunk by chunk and write ``output`` (``.mp4`` or ``.gif``) atomically.
 
@@ -1506,8 +1508,11 @@ def swap_video(
     ``progress(done, total)`` is called after each chunk; if it raises (e.g.
     :class:`CancelledError`), or anything else fails, no output file is left behind.
     ``on_result`` receives each chunk's :class:`SwapResult` (e.g. to save pose overlays).
+    ``audio``: copy the source's sound into an ``.mp4``/``.mov``/``.m4v``/``.mkv`` output
+    (trimmed to the frames written). ``options.mapping`` and ``options.tracking`` run through
+    :func:`swap_stream`.
     """
-    from .video import iter_frames, read_video_info, write_video
+    from .video import AUDIO_SUFFIXES, iter_frames, read_video_info, write_video
 
     options = options or SwapOptions()
     info = read_video_info(source)
@@ -1558,7 +1563,8 @@ def swap_video(
                 progress(done, max(total, done))
 
     try:
-        written = write_video(output, swapped_chunks(), info.fps)
+        sound = source if audio and info.has_audio else None
+        written = write_video(output, swapped_chunks(), info.fps, audio_from=sound)
     except CancelledError:
         logger.info("swap of %s cancelled; nothing was written", source)
         raise
@@ -1571,4 +1577,5 @@ def swap_video(
         pose_reports=tuple(reports),
         seconds=time.perf_counter() - started,
         interpolated_faces=interpolated[0],
+        audio=sound is not None and Path(output).suffix.lower() in AUDIO_SUFFIXES,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +123,13 @@ def test_swap_the_clip_into_an_mp4(
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "frames 4/8 (50%)" in printed and "frames 8/8 (100%)" in printed
+    # Progress comes as frames are finished; tracking (on by default) holds up to --track-gap frames back.
+    assert "frames 8/8 (100%)" in printed and len(re.findall(r"frames \d/8 \(", printed)) >= 2
     assert "faces swapped in 8 frames" in printed
     info = read_video_info(output)
-    assert (info.frame_count, info.width, info.height) == (8, 260, 230)  # 229 rows padded to even
+    assert (info.frame_count, info.width, info.height) == (8, 260, 229)  # stored padded to 230 rows, read back at 229
     assert info.fps == pytest.approx(100 / 9, rel=1e-3)
-    swapped = read_frames(output)[:, :, :229]
+    swapped = read_frames(output)
     original = read_frames(clip_path, max_frames=8)
     assert float((swapped - original).abs().mean()) > 0.005
 

@@ -532,7 +532,7 @@ def run_swap(args: argparse.Namespace) -> int:
         raise BadInputError(
             f"the target is a video, so the output must be a video too, not {suffix or 'a file without suffix'}",
             where=str(output),
-            fix=f"name the output {output.stem}.mp4 or {output.stem}.gif",
+            fix=f"name the output {output.stem}.mp4, {output.stem}.gif or {output.stem}.webp",
         )
     if not video and suffix not in IMAGE_OUTPUT_SUFFIXES:
         raise BadInputError(
@@ -624,12 +624,17 @@ def run_swap(args: argparse.Namespace) -> int:
         report_progress,
         max_frames=args.max_frames,
         on_result=on_result,
+        audio=not args.no_audio,
     )
     swapped = sum(1 for count in summary.face_counts if count)
     print(
         f"Saved {output}: {summary.frames} frames at {summary.fps:.3g} fps, faces swapped in {swapped} frames "
         f"({sum(summary.face_counts)} faces) in {time.perf_counter() - started:.1f} s"
     )
+    if summary.audio:
+        print("The target's sound was copied into the output.")
+    elif not args.no_audio and read_video_info(target).has_audio:
+        print(f"note: {output.suffix} cannot hold sound, so the target's sound was left out; use .mp4 to keep it")
     if summary.interpolated_faces:
         print(f"Faces the detector missed, followed and swapped: {summary.interpolated_faces}")
     if summary.frames_without_face:
