@@ -234,7 +234,7 @@ def video_two_people(build: WorkflowBuilder) -> None:
         photo = build.node(
             "LoadImage",
             (0, 340 + number * 300),
-            widgets={"image": f"facemagic_person_{number + 1}.png"},
+            widgets={"image": f"facemagic_person_{'ab'[number]}.png"},
             size=(340, 270),
             title=f"Person {number + 1} ({'left' if number == 0 else 'right'} in the video)",
         )
