@@ -1528,8 +1528,16 @@ def swap_video(
         chunks = iter_frames(source, options.chunk_size, max_frames=max_frames)
         if options.mapping is not None or options.tracking is not None:
             check_recognisers(analyzer, generator)
-            for identity in _listed(identities):
-                check_identity(identity, generator)
+            for number, identity in enumerate(_listed(identities)):
+                check_identity(identity, generator, where=f"identity {number}")
+            _strength_rows(options.strength, int(generator.num_blocks))  # fail before any frame is read
+            if options.mask == "hull" and not analyzer.has_dense_landmarks:
+                raise BadInputError(
+                    "the hull mask needs 68- or 106-point landmarks, and this face analyzer has no landmark model",
+                    where="swap options",
+                    fix="use an analyzer with a landmark model (the buffalo_l pack), or the ellipse or box mask",
+                )
+            _stream_mapping(options, identities)  # a mapping naming more identities than given
             yield from swap_stream(
                 chunks, identities, analyzer, generator, options, smoother=tracker, total_frames=total or None
             )

@@ -185,3 +185,13 @@ def test_tracking_options_are_checked() -> None:
         TrackingConfig(min_iou=2.0)
     with pytest.raises(BadInputError, match="FaceMapping"):
         FaceTracks("left", None)  # type: ignore[arg-type]
+
+
+def test_swap_video_checks_the_mapping_before_reading_frames(
+    clip_path: Path, analyzer: FaceAnalyzer, tmp_path: Path
+) -> None:
+    mapping = FaceMapping((MappingRule(0, 0), MappingRule(1, 1)))
+    options = SwapOptions(mapping=mapping, tracking=TrackingConfig(), no_face="pass")
+    with pytest.raises(BadInputError, match="names identity 1"):
+        swap_video(clip_path, tmp_path / "out.mp4", identity(), analyzer, BrightenSwapper(), options, max_frames=4)
+    assert list(tmp_path.iterdir()) == []
