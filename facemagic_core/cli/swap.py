@@ -397,7 +397,7 @@ def check_inputs_before_loading(args: argparse.Namespace, *, video: bool) -> Non
             )
     else:
         check_image_file(args.target)
-    for path in [*(args.source or []), *(path for _, path in args.mix or [])]:
+    for path in [*(args.source or []), *(path for _, path in args.mix or []), *map_sources(args)]:
         if path.suffix.lower() == IDENTITY_SUFFIX:
             check_input_file(path, what="identity file")
         else:
@@ -554,6 +554,7 @@ def run_swap(args: argparse.Namespace) -> int:
         check_output_path(args.pose_debug / "frame_00000.png")
     check_options_before_loading(args, video=video)
     check_inputs_before_loading(args, video=video)
+    tracking = build_tracking(args) if video else None
     if args.pose_debug is not None and not args.pose_check:
         print("note: --pose-debug turns on --pose-check")
 
@@ -571,8 +572,8 @@ def run_swap(args: argparse.Namespace) -> int:
         index = options.face_index
         mapping = build_mapping(args, analyzer, _identity_from_file, face_index=index, num_identities=count)
         options = dataclasses.replace(options, mapping=mapping)
-    if video:
-        options = dataclasses.replace(options, tracking=build_tracking(args))
+    if tracking is not None:
+        options = dataclasses.replace(options, tracking=tracking)
     described = "; ".join(
         ", ".join(one.sources) or one.extra.get("name", "an identity file")
         for one in ([identity] if isinstance(identity, Identity) else identity)
