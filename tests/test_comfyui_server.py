@@ -511,6 +511,11 @@ def canvas(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         *("--workflow", str(REPO / "workflows" / f"{CANVAS_WORKFLOW}.json")),
         *("--mix", str(REPO / "workflows" / "facemagic_mix_several_photos.json")),
         *("--save-prompt", str(save_prompt)),
+        *(
+            ("--settings", os.environ["FACEMAGIC_CANVAS_SETTINGS"])
+            if os.environ.get("FACEMAGIC_CANVAS_SETTINGS")
+            else ()
+        ),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"the canvas check failed:\n{done.stderr[-4000:]}\nserver log: {server.log}"

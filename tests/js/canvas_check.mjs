@@ -28,6 +28,8 @@ const mixWorkflow = args.mix ? JSON.parse(readFileSync(args.mix, "utf8")) : null
 const savePrompt = args["save-prompt"] ? JSON.parse(readFileSync(args["save-prompt"], "utf8")) : null;
 mkdirSync(args.out, { recursive: true });
 const timeout = Number(args.timeout || 240) * 1000;
+// more frontend settings for the run, e.g. --settings '{"Comfy.VueNodes.Enabled": true}' (the Vue node renderer)
+const extraSettings = args.settings ? JSON.parse(args.settings) : {};
 
 // Every console.warn/console.error with the stack it was called from (the deprecation warnings come
 // from the frontend's own code, called by whichever extension touched the deprecated API).
@@ -57,11 +59,11 @@ try {
   page.on("pageerror", (error) => report.pageErrors.push(`${error.message}\n${error.stack || ""}`));
   await page.goto(args.url);
   // a first visit opens the template browser over the canvas: say the tutorial was seen, and reload
-  await page.evaluate(async () => {
-    for (const [id, value] of [["Comfy.TutorialCompleted", true], ["Comfy.Minimap.Visible", false]]) {
+  await page.evaluate(async (settings) => {
+    for (const [id, value] of Object.entries(settings)) {
       await fetch(`/settings/${id}`, { method: "POST", body: JSON.stringify(value) });
     }
-  });
+  }, { "Comfy.TutorialCompleted": true, "Comfy.Minimap.Visible": false, ...extraSettings });
   await page.reload();
   await page.waitForFunction(() => window.app?.graph && window.LiteGraph && window.comfyAPI?.api?.api, null, { timeout });
   // LiteGraph prints each deprecation once per page: repeat them, so one the frontend printed first is seen again
