@@ -1062,8 +1062,12 @@ def _download_single(
             spec, spec.filename, staging, revision=revision, endpoint=endpoint, target=target, progress=progress
         )
         _check_pinned(fetched, pinned, spec, target, lock.path)
+        external = onnx_external_data(fetched.path) if fetched.path.suffix.lower() == ".onnx" else []
         _move_into_place(fetched.path, target)
-    lock.update({key: _record(fetched, spec, "download", target)})
+    entry = _record(fetched, spec, "download", target)
+    if target.suffix.lower() == ".onnx":
+        entry["external_data"] = [path.relative_to(fetched.path.parent).as_posix() for path in external]
+    lock.update({key: entry})
     logger.info("%s is at %s (sha256 %s)", spec.name, target, fetched.sha256)
 
 

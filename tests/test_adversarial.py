@@ -1012,3 +1012,19 @@ def test_a_damaged_source_photo_is_named_before_any_model_loads(
     code, _, err = run(["swap", *files, *OFFLINE, "--models", str(tmp_path / "models")], capsys)
     assert "cannot read the image" in one_error_line(code, err) and "me.jpg" in err
     assert not (tmp_path / "models").exists()
+
+
+def test_a_downloaded_onnx_whose_data_lies_outside_is_refused_and_not_kept(fake_hub: FakeHub, tmp_path: Path) -> None:
+    staged = onnx_with_external_data(tmp_path / "made", "../../../../etc/hostname")
+    fake_hub.add_file("opencv/face_detection_yunet", "face_detection_yunet_2023mar.onnx", staged.read_bytes())
+    with pytest.raises(ModelIntegrityError, match="outside its own folder"):
+        hub.ensure_model("yunet", tmp_path / "models")
+    assert left_in(tmp_path / "models") == []
+
+
+def test_a_downloaded_onnx_records_its_external_data_list(fake_hub: FakeHub, tmp_path: Path) -> None:
+    staged = onnx_with_external_data(tmp_path / "made", "weights.bin")
+    fake_hub.add_file("opencv/face_detection_yunet", "face_detection_yunet_2023mar.onnx", staged.read_bytes())
+    hub.ensure_model("yunet", tmp_path / "models")
+    entry = json.loads((tmp_path / "models" / hub.LOCK_FILE_NAME).read_text())["files"]
+    assert entry["face_detection_yunet_2023mar.onnx"]["external_data"] == ["weights.bin"]
