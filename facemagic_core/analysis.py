@@ -10,10 +10,16 @@ Two detector backends:
 - ``"yunet"``: OpenCV's ``cv2.FaceDetectorYN`` (box + 5 landmarks), light and fast on a CPU;
   a recogniser and the landmark models can be added as files.
 
-Detection runs per image on the CPU on ``uint8`` BGR pictures (what both detectors read).
-Embeddings are computed on crops aligned with :mod:`facemagic_core.align` in torch, for all
-faces of a batch in one recogniser call, with the recogniser runner's own normalisation
-(``(pixel - input_mean) / input_std`` on RGB 0..255 values, as its ``get_feat`` does).
+Where the pack's models run (``runtime``): ``"torch"`` converts every file with the package's
+graph interpreter (:mod:`facemagic_core.torch_models`: checked against onnxruntime at load,
+cached once verified) and runs detection, landmarks, gender/age and embeddings batched on
+``device``, the frames crossing to it once as bytes; ``"onnxruntime"`` runs insightface's own
+runners per image on ``uint8`` BGR pictures; ``"auto"`` is torch on an accelerator and
+onnxruntime on a CPU. A file the interpreter gets wrong runs through onnxruntime, with a
+warning. Embeddings are computed on crops aligned with :mod:`facemagic_core.align` in torch,
+for all faces of a batch in one recogniser call, with the recogniser runner's own
+normalisation (``(pixel - input_mean) / input_std`` on RGB 0..255 values, as its ``get_feat``
+does).
 
 Model files given by path are loaded as they are: insightface 2.1's manifest and licence
 checks apply only to model-package folders and ``model_task`` calls, never to a plain
@@ -35,11 +41,14 @@ import cv2
 import numpy as np
 import torch
 
-from . import runtime
+from . import runtime, torch_models
 from .align import align_faces
 from .errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
 from .files import check_input_file
 from .images import check_images, tensor_to_bgr_uint8
+from .runtime import requested_providers as _requested_providers
+from .runtime import resolve_device as _resolve_device
+from .torch_models import ModelRuntime, TorchFaceDetector, TorchGenderAge, TorchLandmarks, TorchRecognizer
 from .types import FACE_ORDERS, Face, FaceOrder, FloatArray, Identity
 
 logger = logging.getLogger(__name__)
@@ -128,6 +137,21 @@ def _load_insightface_runner(path: Path, role: str, requested: Sequence[runtime.
         )
     runtime.report_session_providers(runner.session, requested, f"{role} {path.name}")
     return runner
+
+
+def _load_model(
+    path: Path, role: str, requested: Sequence[runtime.ProviderSpec], model_runtime: str, device: torch.device
+) -> Any:
+    """The runner of one insightface ``.onnx`` file: in torch when ``model_runtime`` is ``"torch"`` and the
+    conversion is verified, else insightface's own (onnxruntime), with a warning when torch was refused."""
+    if model_runtime == "torch":
+        path = _check_model_file(Path(path), role)
+        runner, reason = torch_models.load_torch_runner(path, device=device)
+        if runner is not None:
+            return runner
+        if reason:
+            logger.warning("the %s %s runs through onnxruntime, not in torch: %s", role, path.name, reason)
+    return _load_insightface_runner(Path(path), role, requested)
 
 
 def _check_role(runner: Any, path: Path, role: str, tasks: tuple[str, ...]) -> None:
@@ -289,22 +313,29 @@ class FaceAnalyzer:
         det_size: int = 640,
         det_threshold: float = 0.5,
         embedding_model: str = "arcface_w600k_r50",
+        runtime: ModelRuntime = "auto",
+        device: str | torch.device | None = None,
     ) -> None:
         """``det_size``: the detector's input side (SCRFD letterboxes to ``det_size`` squared; YuNet
         scales pictures whose long side exceeds it down to it). ``det_threshold``: the lowest
         detection score kept. ``providers``: onnxruntime providers (short or full names),
         default the best available, CPU last. ``embedding_model``: the registry name of the
         recogniser's embedding space, written into identities made from these faces.
+        ``runtime``: where the insightface models run (``"torch"``, ``"onnxruntime"``, ``"auto"``:
+        torch on an accelerator, onnxruntime on a CPU); ``device``: the torch device (default:
+        the best available).
         ``recognizer`` is an ArcFace ``.onnx`` path, or any object of the recogniser interface
         (:class:`Recognizer`, e.g. :class:`~facemagic_core.dlib_resnet.DlibRecognizer`), whose own
         ``embedding_model`` is then used."""
         if backend not in BACKENDS:
             raise BadInputError(f"unknown analyzer backend {backend!r}", fix=f"use one of {', '.join(BACKENDS)}")
-        requested = runtime.requested_providers(providers)
+        requested = _requested_providers(providers)
+        torch_device = _resolve_device(device)
+        model_runtime = torch_models.choose_runtime(str(runtime), torch_device)
         detector_runner = None
         yunet = None
         if backend == "insightface":
-            detector_runner = _load_insightface_runner(Path(detector), "face detector", requested)
+            detector_runner = _load_model(Path(detector), "face detector", requested, model_runtime, torch_device)
             _check_role(detector_runner, Path(detector), "face detector", ("detection",))
         else:
             yunet = _load_yunet(Path(detector), det_threshold)
@@ -325,8 +356,10 @@ class FaceAnalyzer:
                 label = {"recognizer": "face recogniser", "genderage": "gender/age model"}.get(
                     role, f"{role.replace('_', ' ')} model"
                 )
-                runners[role] = _load_insightface_runner(Path(path), label, requested)
+                runners[role] = _load_model(Path(path), label, requested, model_runtime, torch_device)
                 _check_role(runners[role], Path(path), label, tasks)
+        if isinstance(runners.get("recognizer"), TorchRecognizer):
+            runners["recognizer"].embedding_model = embedding_model
         self._setup(
             backend=backend,
             detector_path=Path(detector),
@@ -339,6 +372,8 @@ class FaceAnalyzer:
             det_size=det_size,
             det_threshold=det_threshold,
             embedding_model=embedding_model,
+            device=torch_device,
+            runtime=str(runtime),
         )
 
     def _setup(
@@ -355,6 +390,8 @@ class FaceAnalyzer:
         det_size: int,
         det_threshold: float,
         embedding_model: str,
+        device: torch.device,
+        runtime: str,
     ) -> None:
         if (
             isinstance(det_size, bool)
@@ -395,15 +432,18 @@ class FaceAnalyzer:
         self._landmarks_106 = landmarks_106
         self._landmarks_3d68 = landmarks_3d68
         self._genderage = genderage
-        if detector is not None:
+        self.device = device
+        self.runtime = runtime
+        if detector is not None and not isinstance(detector, TorchFaceDetector):
             detector.prepare(0, input_size=(self.det_size, self.det_size), det_thresh=self.det_threshold)
         logger.info(
-            "face analyzer ready: %s detector, landmarks %s, gender/age %s, recogniser %s (%s)",
+            "face analyzer ready: %s detector, landmarks %s, gender/age %s, recogniser %s (%s); runtimes: %s",
             backend,
             "+".join(name for name, runner in (("106", landmarks_106), ("3d68", landmarks_3d68)) if runner) or "5",
             "yes" if genderage is not None else "no",
             _recognizer_label(recognizer),
             embedding_model,
+            ", ".join(f"{role} {where}" for role, where in self.model_runtimes.items()) or "none",
         )
 
     @classmethod
@@ -415,6 +455,8 @@ class FaceAnalyzer:
         det_size: int = 640,
         det_threshold: float = 0.5,
         embedding_model: str | None = None,
+        runtime: ModelRuntime = "auto",
+        device: str | torch.device | None = None,
     ) -> FaceAnalyzer:
         """An insightface-backend analyzer from a pack folder (buffalo_l, antelopev2...).
 
@@ -422,7 +464,8 @@ class FaceAnalyzer:
         input/output shapes, so file names do not matter); the detector, the 106-point and
         68-point landmark models, the genderage model and the recogniser are kept, swappers
         are skipped. ``embedding_model`` defaults to the registry name matching
-        the recogniser's file name (w600k_r50 -> arcface_w600k_r50).
+        the recogniser's file name (w600k_r50 -> arcface_w600k_r50). ``runtime`` and ``device``:
+        as for the constructor.
         """
         folder = Path(pack_dir)
         if not folder.is_dir():
@@ -430,13 +473,15 @@ class FaceAnalyzer:
                 "the insightface model pack folder does not exist", where=str(folder), fix=_PACK_HELP
             )
         files = sorted(path for path in folder.iterdir() if path.suffix == ".onnx" and path.is_file())
-        requested = runtime.requested_providers(providers)
+        requested = _requested_providers(providers)
+        torch_device = _resolve_device(device)
+        model_runtime = torch_models.choose_runtime(str(runtime), torch_device)
         roles: dict[str, tuple[Path, Any]] = {}
         for path in files:
             if path.stem.lower().startswith(_PACK_SKIP_PREFIXES):
                 logger.debug("pack %s: %s is not an analysis model; not loaded", folder.name, path.name)
                 continue
-            runner = _load_insightface_runner(path, f"model of pack {folder.name}", requested)
+            runner = _load_model(path, f"model of pack {folder.name}", requested, model_runtime, torch_device)
             task = str(getattr(runner, "taskname", ""))
             role = {
                 "detection": "detector",
@@ -468,6 +513,8 @@ class FaceAnalyzer:
         if embedding_model is None:
             stem = recognizer[0].stem.lower() if recognizer else "w600k_r50"
             embedding_model = PACK_EMBEDDING_MODELS.get(stem, f"arcface_{stem}")
+        if recognizer and isinstance(recognizer[1], TorchRecognizer):
+            recognizer[1].embedding_model = embedding_model
         analyzer = cls.__new__(cls)
         analyzer._setup(
             backend="insightface",
@@ -481,11 +528,37 @@ class FaceAnalyzer:
             det_size=det_size,
             det_threshold=det_threshold,
             embedding_model=embedding_model,
+            device=torch_device,
+            runtime=str(runtime),
         )
         return analyzer
 
     # -----------------------------------------------------------------------------------------
     # What the analyzer can do
+
+    @property
+    def model_runtimes(self) -> dict[str, str]:
+        """Where each model runs, by role: ``"torch on cuda:0"``, ``"onnxruntime (CPUExecutionProvider)"``..."""
+        described = torch_models.describe_runtimes(
+            {
+                "detector": self._detector,
+                "landmarks_106": self._landmarks_106,
+                "landmarks_3d68": self._landmarks_3d68,
+                "genderage": self._genderage,
+                "recognizer": self._recognizer,
+            }
+        )
+        if self._yunet is not None:
+            described = {"detector": "OpenCV (CPU)", **described}
+        return described
+
+    @property
+    def _uses_device_frames(self) -> bool:
+        """Whether a model runs in torch, so the frames go to :attr:`device` (once, as bytes)."""
+        return any(
+            isinstance(runner, TorchFaceDetector | TorchLandmarks | TorchGenderAge | TorchRecognizer)
+            for runner in (self._detector, self._landmarks_106, self._landmarks_3d68, self._genderage, self._recognizer)
+        )
 
     @property
     def has_recognizer(self) -> bool:
@@ -526,14 +599,15 @@ class FaceAnalyzer:
         """
         check_images(images, where="images to analyse")
         with runtime.onnxruntime_errors("the face detector", str(self.detector_path)):
-            return [self._detect_image(tensor_to_bgr_uint8(images[index]), index) for index in range(images.shape[0])]
+            return self._detect(_Frames(images, self.device))
 
     def analyze(
         self, images: torch.Tensor, *, landmarks: bool = True, embeddings: bool = True, attributes: bool = True
     ) -> list[list[Face]]:
         """:meth:`detect_faces`, then dense landmarks and pose (when the analyzer has those models
         and ``landmarks``), gender and age (when it has a genderage model and ``attributes``), then
-        embeddings of all faces in one batched call (when it has a recogniser and ``embeddings``)."""
+        embeddings of all faces in one batched call (when it has a recogniser and ``embeddings``).
+        Models that run in torch take every face of the batch at once."""
         check_images(images, where="images to analyse")
         with runtime.onnxruntime_errors("the face analysis models", str(self.detector_path)):
             return self._analyze_checked(images, landmarks=landmarks, embeddings=embeddings, attributes=attributes)
@@ -541,20 +615,17 @@ class FaceAnalyzer:
     def _analyze_checked(
         self, images: torch.Tensor, *, landmarks: bool, embeddings: bool, attributes: bool
     ) -> list[list[Face]]:
-        per_image: list[list[Face]] = []
-        for index in range(images.shape[0]):
-            bgr = tensor_to_bgr_uint8(images[index])
-            faces = self._detect_image(bgr, index)
-            if landmarks and self.has_dense_landmarks:
-                faces = [self._add_landmarks(bgr, face) for face in faces]
-            if attributes and self._genderage is not None:
-                faces = [self._add_gender_age(bgr, face) for face in faces]
-            per_image.append(faces)
+        frames = _Frames(images, self.device)
+        per_image = self._detect(frames)
+        flat = [face for faces in per_image for face in faces]
+        if landmarks and self.has_dense_landmarks:
+            flat = self._add_landmarks(frames, flat)
+        if attributes and self._genderage is not None:
+            flat = self._add_gender_age(frames, flat)
         if embeddings and self._recognizer is not None:
-            flat = [face for faces in per_image for face in faces]
-            embedded = iter(self._embed_checked(images, flat))
-            per_image = [[next(embedded) for _ in faces] for faces in per_image]
-        return per_image
+            flat = self._embed_frames(frames, flat)
+        faces = iter(flat)
+        return [[next(faces) for _ in found] for found in per_image]
 
     def embed_faces(self, images: torch.Tensor, faces: Sequence[Face]) -> list[Face]:
         """Copies of ``faces`` with their raw recogniser embedding, computed for all faces at once.
@@ -571,15 +642,16 @@ class FaceAnalyzer:
             )
         check_images(images, where="images to embed")
         with runtime.onnxruntime_errors("the face recogniser", repr(self)):
-            return self._embed_checked(images, faces)
+            return self._embed_frames(_Frames(images, self.device), faces)
 
-    def _embed_checked(self, images: torch.Tensor, faces: Sequence[Face]) -> list[Face]:
+    def _embed_frames(self, frames: _Frames, faces: Sequence[Face]) -> list[Face]:
         """:meth:`embed_faces` for images already checked (each check reads every pixel once)."""
         if self._recognizer is None or not faces:
             return [*faces]
         size = int(self.recognizer_input_size or 0)
         template = str(getattr(self._recognizer, "template", "arcface"))
-        crops, _ = align_faces(images, faces, size, template)  # type: ignore[arg-type]
+        source = frames.unit() if self._uses_device_frames else frames.images
+        crops, _ = align_faces(source, faces, size, template)  # type: ignore[arg-type]
         vectors = self.forward_recognizer(crops)
         return [replace(face, embedding=vectors[i]) for i, face in enumerate(faces)]
 
@@ -621,7 +693,32 @@ class FaceAnalyzer:
         return np.ascontiguousarray(vectors)
 
     # -----------------------------------------------------------------------------------------
-    # Per image (CPU)
+    # Detection: the whole batch in torch, or per image (insightface's runner, YuNet)
+
+    def _detect(self, frames: _Frames) -> list[list[Face]]:
+        if not isinstance(self._detector, TorchFaceDetector):
+            return [self._detect_image(frames.bgr(index), index) for index in range(frames.count)]
+        found = self._detector.detect(frames.pixels(), det_size=self.det_size, threshold=self.det_threshold)
+        counts = [int(item.scores.shape[0]) for item in found]
+        boxes = torch.cat([item.boxes for item in found]).cpu().numpy()  # one transfer for the whole batch
+        scores = torch.cat([item.scores for item in found]).cpu().numpy()
+        points = torch.cat([item.landmarks for item in found]).cpu().numpy()
+        per_image, start = [], 0
+        for index, count in enumerate(counts):
+            per_image.append(
+                [
+                    Face(
+                        bbox=np.asarray(boxes[row], dtype=np.float32),
+                        score=float(scores[row]),
+                        landmarks_5=np.asarray(points[row], dtype=np.float32).reshape(5, 2),
+                        image_index=index,
+                    )
+                    for row in range(start, start + count)
+                ]
+            )
+            logger.debug("image %d: %d face(s)", index, count)
+            start += count
+        return per_image
 
     def _detect_image(self, bgr: np.ndarray, image_index: int) -> list[Face]:
         if self._yunet is not None:
@@ -679,29 +776,92 @@ class FaceAnalyzer:
             )
         return faces
 
-    def _add_landmarks(self, bgr: np.ndarray, face: Face) -> Face:
-        """Dense landmarks (106 points when that model is loaded, else the 68) and the 3D-68 pose."""
-        landmarks = None
-        pose = None
-        if self._landmarks_3d68 is not None:
-            record = _insightface_face(face)
-            points = np.asarray(self._landmarks_3d68.get(bgr, record), dtype=np.float32)
-            landmarks = points[:, :2]
-            if record.pose is not None:
-                pitch, yaw, roll = (float(value) for value in record.pose)
-                if all(math.isfinite(value) for value in (yaw, pitch, roll)):
-                    pose = (yaw, pitch, roll)
-        if self._landmarks_106 is not None:
-            points = np.asarray(self._landmarks_106.get(bgr, _insightface_face(face)), dtype=np.float32)
-            landmarks = points[:, :2]
-        return replace(
-            face, landmarks=np.ascontiguousarray(landmarks) if landmarks is not None else face.landmarks, pose=pose
-        )
+    # -----------------------------------------------------------------------------------------
+    # Landmarks, pose, gender and age: every face at once in torch, or face by face (insightface's runners)
 
-    def _add_gender_age(self, bgr: np.ndarray, face: Face) -> Face:
+    def _add_landmarks(self, frames: _Frames, faces: list[Face]) -> list[Face]:
+        """Dense landmarks (106 points when that model is loaded, else the 68) and the 3D-68 pose."""
+        landmarks: list[np.ndarray | None] = [face.landmarks for face in faces]
+        poses: list[tuple[float, float, float] | None] = [None] * len(faces)
+        if not faces:
+            return faces
+        if self._landmarks_3d68 is not None:
+            points, pitch_yaw_roll = self._landmarks_of(self._landmarks_3d68, frames, faces)
+            for i, (face_points, angles) in enumerate(zip(points, pitch_yaw_roll, strict=True)):
+                landmarks[i] = np.ascontiguousarray(face_points[:, :2], dtype=np.float32)
+                if angles is not None and all(math.isfinite(float(value)) for value in angles):
+                    pitch, yaw, roll = (float(value) for value in angles)
+                    poses[i] = (yaw, pitch, roll)
+        if self._landmarks_106 is not None:
+            points, _ = self._landmarks_of(self._landmarks_106, frames, faces)
+            landmarks = [np.ascontiguousarray(face_points[:, :2], dtype=np.float32) for face_points in points]
+        return [replace(face, landmarks=landmarks[i], pose=poses[i]) for i, face in enumerate(faces)]
+
+    def _landmarks_of(
+        self, runner: Any, frames: _Frames, faces: list[Face]
+    ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """Each face's points ``(N, 2 or 3)`` and, for a 3D model, its (pitch, yaw, roll)."""
+        if isinstance(runner, TorchLandmarks):
+            boxes, index = _boxes_and_index(faces, runner.device)
+            points, pose = runner.predict(frames.pixels(), boxes, index)
+            angles = pose.cpu().numpy() if pose is not None else None
+            return list(points.cpu().numpy()), [None if angles is None else angles[i] for i in range(len(faces))]
+        all_points, all_angles = [], []
+        for face in faces:
+            record = _insightface_face(face)
+            all_points.append(np.asarray(runner.get(frames.bgr(face.image_index), record), dtype=np.float32))
+            all_angles.append(None if record.pose is None else np.asarray(record.pose, dtype=np.float64))
+        return all_points, all_angles
+
+    def _add_gender_age(self, frames: _Frames, faces: list[Face]) -> list[Face]:
         """``gender`` and ``age`` from the genderage model (insightface: class 0 female, 1 male; age x 100)."""
-        gender, age = self._genderage.get(bgr, _insightface_face(face))
-        return replace(face, gender="male" if int(gender) == 1 else "female", age=int(age))
+        if not faces:
+            return faces
+        if isinstance(self._genderage, TorchGenderAge):
+            boxes, index = _boxes_and_index(faces, self._genderage.device)
+            genders, ages = (values.cpu().tolist() for values in self._genderage.predict(frames.pixels(), boxes, index))
+        else:
+            readings = [self._genderage.get(frames.bgr(face.image_index), _insightface_face(face)) for face in faces]
+            genders, ages = [int(gender) for gender, _ in readings], [int(age) for _, age in readings]
+        return [
+            replace(face, gender="male" if int(gender) == 1 else "female", age=int(age))
+            for face, gender, age in zip(faces, genders, ages, strict=True)
+        ]
+
+
+class _Frames:
+    """One checked image batch in the forms the runners read, each made once: pixel values 0..255 on the
+    torch models' device (the frames cross to it once, as bytes) and per-image ``uint8`` BGR arrays."""
+
+    def __init__(self, images: torch.Tensor, device: torch.device) -> None:
+        self.images = images
+        self.device = device
+        self.count = int(images.shape[0])
+        self._pixels: torch.Tensor | None = None
+        self._bgr: dict[int, np.ndarray] = {}
+
+    def pixels(self) -> torch.Tensor:
+        """``(B, 3, H, W)`` float32 RGB 0..255 (whole numbers, rounded as :func:`tensor_to_bgr_uint8` does)."""
+        if self._pixels is None:
+            as_bytes = self.images.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+            self._pixels = as_bytes.to(self.device).float()
+        return self._pixels
+
+    def unit(self) -> torch.Tensor:
+        """:meth:`pixels` in [0, 1] (what alignment warps for the recogniser)."""
+        return self.pixels() / 255.0
+
+    def bgr(self, index: int) -> np.ndarray:
+        if index not in self._bgr:
+            self._bgr[index] = tensor_to_bgr_uint8(self.images[index])
+        return self._bgr[index]
+
+
+def _boxes_and_index(faces: Sequence[Face], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(F, 4)`` boxes and ``(F,)`` image indices of ``faces``, on ``device``."""
+    boxes = torch.from_numpy(np.stack([np.asarray(face.bbox, dtype=np.float32) for face in faces]))
+    index = torch.tensor([int(face.image_index) for face in faces], dtype=torch.long)
+    return boxes.to(device), index.to(device)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,6 +62,29 @@ def _attribute_value(attribute: onnx.AttributeProto) -> Any:
     return value
 
 
+#: Version of the JSON layout :meth:`OnnxGraphModule.describe` writes.
+GRAPH_FORMAT = "onnx-graph-1"
+
+
+def _encode_attribute(value: Any) -> Any:
+    """A node attribute as JSON data (arrays become ``{"array": ..., "dtype": ..., "shape": ...}``)."""
+    if isinstance(value, np.ndarray):
+        return {"array": value.reshape(-1).tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [_encode_attribute(item) for item in value]
+    return value
+
+
+def _decode_attribute(value: Any) -> Any:
+    if isinstance(value, dict) and "array" in value:
+        return np.asarray(value["array"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+    if isinstance(value, list):
+        return [_decode_attribute(item) for item in value]
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # Operators (inputs: tensors in node order, None for an omitted optional input)
 
@@ -496,37 +519,126 @@ class OnnxGraphModule(nn.Module):
                 where=where,
                 fix=f"use a recogniser / landmark model built from: {', '.join(SUPPORTED_OPS)}",
             )
-        self.where = where
-        self._buffer_names: dict[str, str] = {}
-        for number, initializer in enumerate(graph.initializer):
+        constants: dict[str, Tensor] = {}
+        for initializer in graph.initializer:
             array = numpy_helper.to_array(initializer).copy()
-            tensor = torch.from_numpy(np.ascontiguousarray(array))
-            if tensor.is_floating_point():
-                tensor = tensor.float()
-            buffer = f"constant_{number}"
-            self.register_buffer(buffer, tensor, persistent=False)
-            self._buffer_names[initializer.name] = buffer
-        initializer_names = set(self._buffer_names)
-        self.input_names = tuple(value.name for value in graph.input if value.name not in initializer_names)
-        self.output_names = tuple(value.name for value in graph.output)
-        self.input_shapes = tuple(
-            tuple(dim.dim_value if dim.HasField("dim_value") else None for dim in value.type.tensor_type.shape.dim)
-            for value in graph.input
-            if value.name not in initializer_names
-        )
+            constants[initializer.name] = torch.from_numpy(np.ascontiguousarray(array))
+        initializer_names = set(constants)
         nodes = []
         for node in graph.node:
             attributes = {attribute.name: _attribute_value(attribute) for attribute in node.attribute}
             if node.op_type == "Constant":  # a buffer like the initializers, so that it follows .to(device)
-                tensor = _constant([], attributes)[0]
-                buffer = f"constant_{len(self._buffer_names)}"
-                self.register_buffer(buffer, tensor.float() if tensor.is_floating_point() else tensor, persistent=False)
-                self._buffer_names[node.output[0]] = buffer
+                constants[node.output[0]] = _constant([], attributes)[0]
                 continue
             nodes.append(GraphNode(node.op_type, node.name, tuple(node.input), tuple(node.output), attributes))
-        self.nodes = tuple(nodes)
+        inputs = [value for value in graph.input if value.name not in initializer_names]
+        self._setup(
+            nodes=tuple(nodes),
+            constants=constants,
+            input_names=tuple(value.name for value in inputs),
+            output_names=tuple(value.name for value in graph.output),
+            input_shapes=tuple(
+                tuple(dim.dim_value if dim.HasField("dim_value") else None for dim in value.type.tensor_type.shape.dim)
+                for value in inputs
+            ),
+            where=where,
+        )
+
+    def _setup(
+        self,
+        *,
+        nodes: tuple[GraphNode, ...],
+        constants: Mapping[str, Tensor],
+        input_names: tuple[str, ...],
+        output_names: tuple[str, ...],
+        input_shapes: tuple[tuple[int | None, ...], ...],
+        where: str,
+    ) -> None:
+        self.where = where
+        self._buffer_names: dict[str, str] = {}
+        for number, (name, tensor) in enumerate(constants.items()):
+            buffer = f"constant_{number}"
+            self.register_buffer(buffer, tensor.float() if tensor.is_floating_point() else tensor, persistent=False)
+            self._buffer_names[name] = buffer
+        self.input_names = input_names
+        self.output_names = output_names
+        self.input_shapes = input_shapes
+        self.nodes = nodes
         self.requires_grad_(False)
         self.eval()
+
+    # -----------------------------------------------------------------------------------------
+    # A converted graph as plain data (what the cache of verified conversions stores)
+
+    def constant_tensors(self) -> dict[str, Tensor]:
+        """The graph's constants (initializers and Constant nodes) by buffer name, on the CPU."""
+        return {buffer: getattr(self, buffer).detach().cpu().contiguous() for buffer in self._buffer_names.values()}
+
+    def describe(self) -> dict[str, Any]:
+        """Everything but the constants, as JSON-ready data: :meth:`from_parts` rebuilds the module from it."""
+        return {
+            "format": GRAPH_FORMAT,
+            "nodes": [
+                {
+                    "op_type": node.op_type,
+                    "name": node.name,
+                    "inputs": list(node.inputs),
+                    "outputs": list(node.outputs),
+                    "attributes": {key: _encode_attribute(value) for key, value in node.attributes.items()},
+                }
+                for node in self.nodes
+            ],
+            "constants": dict(self._buffer_names),
+            "input_names": list(self.input_names),
+            "output_names": list(self.output_names),
+            "input_shapes": [list(shape) for shape in self.input_shapes],
+        }
+
+    @classmethod
+    def from_parts(
+        cls, description: Mapping[str, Any], tensors: Mapping[str, Tensor], *, where: str = "ONNX model"
+    ) -> OnnxGraphModule:
+        """The module :meth:`describe` and :meth:`constant_tensors` were taken from; ModelIntegrityError if they
+        do not fit together (another format, a missing constant, an operator this version lacks)."""
+        try:
+            if description.get("format") != GRAPH_FORMAT:
+                raise ValueError(f"graph format {description.get('format')!r}, this version reads {GRAPH_FORMAT!r}")
+            nodes = tuple(
+                GraphNode(
+                    str(item["op_type"]),
+                    str(item["name"]),
+                    tuple(str(name) for name in item["inputs"]),
+                    tuple(str(name) for name in item["outputs"]),
+                    {key: _decode_attribute(value) for key, value in dict(item["attributes"]).items()},
+                )
+                for item in description["nodes"]
+            )
+            missing = sorted({node.op_type for node in nodes} - set(OPS))
+            if missing:
+                raise ValueError(f"operators {', '.join(missing)} are not supported")
+            constants = {str(name): tensors[str(buffer)] for name, buffer in dict(description["constants"]).items()}
+            input_names = tuple(str(name) for name in description["input_names"])
+            output_names = tuple(str(name) for name in description["output_names"])
+            input_shapes = tuple(
+                tuple(None if dim is None else int(dim) for dim in shape) for shape in description["input_shapes"]
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelIntegrityError(
+                f"the stored graph cannot be read ({type(error).__name__}: {error})",
+                where=where,
+                fix="delete it; it is made again from the ONNX file",
+            ) from error
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._setup(
+            nodes=nodes,
+            constants=constants,
+            input_names=input_names,
+            output_names=output_names,
+            input_shapes=input_shapes,
+            where=where,
+        )
+        return module
 
     @classmethod
     def from_file(cls, path: str | Path) -> OnnxGraphModule:

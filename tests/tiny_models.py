@@ -10,6 +10,8 @@ can run insightface's own ``model_zoo`` runners end to end without the real weig
   32x32 square gives ~1.0, 220 grey ~0.99, 200 grey ~0.8), everything else ~0; each hit is a
   128 px box centred on the cell's anchor point (its top-left corner) with five plausible
   landmarks (:data:`DETECTOR_LANDMARK_OFFSETS`).
+- :func:`write_random_detector` — the same signature with random heads at all three strides (scores,
+  boxes and keypoints that depend on the picture everywhere), for comparing runtimes and NMS.
 - :func:`write_landmarks_106` — 2d106det: ``1x3x192x192 -> 1x212``.
 - :func:`write_landmarks_3d68` — 1k3d68: ``1x3x192x192 -> 1x3309``; the last 68 points are
   insightface's mean face shape plus a small input-dependent term, so the pose it yields is
@@ -117,6 +119,65 @@ def write_detector(path: Path, *, gain: float = 20.0, offset: float = 10.0) -> P
         "tiny_scrfd",
         [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "?", "?"])],
         score_names + box_names + landmark_names,
+        initializer=inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
+
+
+def write_random_detector(path: Path, *, seed: int = 5, score_gain: float = 3.0, score_bias: float = -1.5) -> Path:
+    """An SCRFD-like detector with random heads at every stride (det_10g's signature: input ``1x3x?x?``, nine
+    rank-2 outputs, scores ``(K, 1)`` then boxes ``(K, 4)`` then keypoints ``(K, 10)`` for strides 8, 16, 32).
+
+    Each stride-``s`` cell is read by an ``s x s`` convolution with random weights: the score is
+    ``sigmoid(score_gain * conv + score_bias)`` (on noise about a third of the anchors score above 0.5), box
+    distances are ``1 + 2 * sigmoid(conv)`` strides (boxes of neighbouring anchors overlap, so NMS has work),
+    keypoint offsets ``conv`` strides. Unlike :func:`write_detector` every output depends on the picture.
+    """
+    rng = np.random.default_rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = [_init("two", np.array(2.0)), _init("one", np.array(1.0))]
+    names: dict[str, list[str]] = {"score": [], "box": [], "landmark": []}
+    outputs = {"score": [], "box": [], "landmark": []}  # type: dict[str, list[onnx.ValueInfoProto]]
+    for stride in (8, 16, 32):
+        for kind, channels, width in (("score", 2, 1), ("box", 8, 4), ("landmark", 20, 10)):
+            prefix = f"{kind}{stride}"
+            weight = rng.normal(0.0, 1.0 / np.sqrt(3 * stride * stride), (channels, 3, stride, stride))
+            bias = rng.normal(0.0, 0.3, channels)
+            if kind == "score":
+                weight, bias = weight * score_gain, bias + score_bias
+            inits += [_init(f"{prefix}_w", weight), _init(f"{prefix}_b", bias)]
+            inits.append(numpy_helper.from_array(np.array([-1, width], dtype=np.int64), f"{prefix}_shape"))
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    ["input.1", f"{prefix}_w", f"{prefix}_b"],
+                    [f"{prefix}_conv"],
+                    name=f"conv_{prefix}",
+                    kernel_shape=[stride, stride],
+                    strides=[stride, stride],
+                )
+            )
+            source = f"{prefix}_conv"
+            if kind in ("score", "box"):
+                nodes.append(helper.make_node("Sigmoid", [source], [f"{prefix}_sig"], name=f"sigmoid_{prefix}"))
+                source = f"{prefix}_sig"
+            if kind == "box":
+                nodes.append(helper.make_node("Mul", [source, "two"], [f"{prefix}_twice"], name=f"scale_{prefix}"))
+                nodes.append(helper.make_node("Add", [f"{prefix}_twice", "one"], [f"{prefix}_d"], name=f"add_{prefix}"))
+                source = f"{prefix}_d"
+            nodes.append(
+                helper.make_node("Transpose", [source], [f"{prefix}_t"], name=f"transpose_{prefix}", perm=[0, 2, 3, 1])
+            )
+            nodes.append(
+                helper.make_node("Reshape", [f"{prefix}_t", f"{prefix}_shape"], [prefix], name=f"reshape_{prefix}")
+            )
+            names[kind].append(prefix)
+            outputs[kind].append(helper.make_tensor_value_info(prefix, TensorProto.FLOAT, [f"n{prefix}", width]))
+    graph = helper.make_graph(
+        nodes,
+        "tiny_random_scrfd",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "?", "?"])],
+        outputs["score"] + outputs["box"] + outputs["landmark"],
         initializer=inits,
     )
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
