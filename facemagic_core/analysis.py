@@ -139,6 +139,24 @@ def _load_insightface_runner(path: Path, role: str, requested: Sequence[runtime.
     return runner
 
 
+def _analysis_device(
+    device: str | torch.device | None, providers: Sequence[runtime.ProviderSpec] | None
+) -> torch.device:
+    """The torch device of the analysis models. Without one given: the best device (CUDA, MPS) unless the
+    onnxruntime providers asked for are CPU-only (a caller that asked for the CPU keeps to it); a provider
+    name that is no torch device (tensorrt, directml, coreml, rocm) leaves the torch models on the CPU, so
+    ``"auto"`` runs them through onnxruntime with that provider."""
+    if device is None:
+        if providers is not None:
+            names = [spec if isinstance(spec, str) else spec[0] for spec in _requested_providers(providers)]
+            if not any(name in runtime.GPU_PROVIDERS for name in names):
+                return torch.device("cpu")
+        return _resolve_device("auto")
+    if isinstance(device, str) and device.strip().lower() in ("tensorrt", "trt", "directml", "dml", "coreml", "rocm"):
+        return torch.device("cpu")
+    return _resolve_device(device)
+
+
 def _load_model(
     path: Path, role: str, requested: Sequence[runtime.ProviderSpec], model_runtime: str, device: torch.device
 ) -> Any:
@@ -323,14 +341,14 @@ class FaceAnalyzer:
         recogniser's embedding space, written into identities made from these faces.
         ``runtime``: where the insightface models run (``"torch"``, ``"onnxruntime"``, ``"auto"``:
         torch on an accelerator, onnxruntime on a CPU); ``device``: the torch device (default:
-        the best available).
+        the best available, or the CPU when ``providers`` are CPU-only).
         ``recognizer`` is an ArcFace ``.onnx`` path, or any object of the recogniser interface
         (:class:`Recognizer`, e.g. :class:`~facemagic_core.dlib_resnet.DlibRecognizer`), whose own
         ``embedding_model`` is then used."""
         if backend not in BACKENDS:
             raise BadInputError(f"unknown analyzer backend {backend!r}", fix=f"use one of {', '.join(BACKENDS)}")
         requested = _requested_providers(providers)
-        torch_device = _resolve_device(device)
+        torch_device = _analysis_device(device, providers)
         model_runtime = torch_models.choose_runtime(str(runtime), torch_device)
         detector_runner = None
         yunet = None
@@ -474,7 +492,7 @@ class FaceAnalyzer:
             )
         files = sorted(path for path in folder.iterdir() if path.suffix == ".onnx" and path.is_file())
         requested = _requested_providers(providers)
-        torch_device = _resolve_device(device)
+        torch_device = _analysis_device(device, providers)
         model_runtime = torch_models.choose_runtime(str(runtime), torch_device)
         roles: dict[str, tuple[Path, Any]] = {}
         for path in files:

@@ -341,6 +341,18 @@ def test_inputs_are_not_modified_and_results_are_on_the_cpu(
     assert isinstance(face.bbox, np.ndarray) and isinstance(face.embedding, np.ndarray)
 
 
+def test_the_analysis_device_follows_the_device_and_providers_asked_for() -> None:
+    from facemagic_core.analysis import _analysis_device
+
+    assert _analysis_device(None, ["cpu"]) == CPU  # asked for the CPU: torch models stay there (auto: onnxruntime)
+    assert _analysis_device("tensorrt", None) == CPU  # an onnxruntime provider, not a torch device
+    assert _analysis_device("cpu", None) == CPU
+    best = torch.device("cuda") if torch.cuda.is_available() else None
+    if best is not None:
+        assert _analysis_device(None, None).type == "cuda"
+        assert _analysis_device(None, ["cuda"]).type == "cuda"
+
+
 def test_runtime_choice() -> None:
     assert choose_runtime("auto", torch.device("cpu")) == "onnxruntime"
     assert choose_runtime("auto", torch.device("cuda")) == "torch"
