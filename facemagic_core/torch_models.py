@@ -380,7 +380,10 @@ class _GraphRunner:
             return False
         singles = [_forward(self.module, [tensor[i : i + 1] for tensor in inputs]) for i in range(2)]
         for index, output in enumerate(together):
-            joined = torch.cat([single[index] for single in singles])
+            # Batch-major values are what the runners read (an SCRFD export may reshape to (1, -1, C) and put
+            # the frames one after another along its second axis), so values are compared flattened.
+            joined = torch.cat([single[index].reshape(-1) for single in singles])
+            output = output.reshape(-1)
             if joined.shape != output.shape:
                 return False
             tolerance = CHECK_ATOL + CHECK_RTOL * float(joined.abs().max())

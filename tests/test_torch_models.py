@@ -156,6 +156,22 @@ def test_detector_batch_equals_insightface_frame_by_frame(runners: dict[str, Any
     assert min(counts) >= 2 and len(set(counts)) > 1  # several faces, a different number per frame
 
 
+def test_a_detector_with_batched_outputs_is_read_like_insightface(tmp_path: Path) -> None:
+    """The SCRFD export with ``(1, K, C)`` outputs (insightface's ``batched``) still runs all frames in one call."""
+    path = write_random_detector(tmp_path / "scrfd_10g_bnkps.onnx", score_bias=-2.0, batched_outputs=True)
+    runner, reason = load_torch_runner(path, device=CPU)
+    assert isinstance(runner, TorchFaceDetector) and runner.batchable, reason
+    reference = _insightface_runner(path)
+    assert reference.batched
+    reference.prepare(0, input_size=(DET_SIZE, DET_SIZE), det_thresh=0.5)
+    frames = _textured_frames(2, seed=11)
+    for frame, ours in zip(frames, runner.detect(_pixels(frames), det_size=DET_SIZE, threshold=0.5), strict=True):
+        boxes, points = reference.detect(frame, input_size=(DET_SIZE, DET_SIZE))
+        assert ours.boxes.shape[0] == len(boxes) > 0
+        np.testing.assert_allclose(ours.boxes.numpy(), boxes[:, :4], atol=BOX_PX, rtol=0)
+        np.testing.assert_allclose(ours.landmarks.numpy(), points, atol=LANDMARK_PX, rtol=0)
+
+
 def test_letterboxed_frames_are_mapped_back_like_insightface(tmp_path: Path) -> None:
     """A 480x360 frame is resized into the 640 square (x 4/3; torch's bilinear resize and OpenCV's
     fixed-point one differ by at most one grey level); boxes and landmarks still agree with insightface."""

@@ -124,7 +124,9 @@ def write_detector(path: Path, *, gain: float = 20.0, offset: float = 10.0) -> P
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
-def write_random_detector(path: Path, *, seed: int = 5, score_gain: float = 3.0, score_bias: float = -1.5) -> Path:
+def write_random_detector(
+    path: Path, *, seed: int = 5, score_gain: float = 3.0, score_bias: float = -1.5, batched_outputs: bool = False
+) -> Path:
     """An SCRFD-like detector with random heads at every stride (det_10g's signature: input ``1x3x?x?``, nine
     rank-2 outputs, scores ``(K, 1)`` then boxes ``(K, 4)`` then keypoints ``(K, 10)`` for strides 8, 16, 32).
 
@@ -132,11 +134,12 @@ def write_random_detector(path: Path, *, seed: int = 5, score_gain: float = 3.0,
     ``sigmoid(score_gain * conv + score_bias)`` (on noise about a third of the anchors score above 0.5), box
     distances are ``1 + 2 * sigmoid(conv)`` strides (boxes of neighbouring anchors overlap, so NMS has work),
     keypoint offsets ``conv`` strides. Unlike :func:`write_detector` every output depends on the picture.
+    ``batched_outputs=True`` gives the other SCRFD export: rank-3 outputs ``(1, K, C)`` (a reshape to
+    ``(1, -1, C)``), which insightface reads as "batched".
     """
     rng = np.random.default_rng(seed)
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = [_init("two", np.array(2.0)), _init("one", np.array(1.0))]
-    names: dict[str, list[str]] = {"score": [], "box": [], "landmark": []}
     outputs = {"score": [], "box": [], "landmark": []}  # type: dict[str, list[onnx.ValueInfoProto]]
     for stride in (8, 16, 32):
         for kind, channels, width in (("score", 2, 1), ("box", 8, 4), ("landmark", 20, 10)):
@@ -146,7 +149,8 @@ def write_random_detector(path: Path, *, seed: int = 5, score_gain: float = 3.0,
             if kind == "score":
                 weight, bias = weight * score_gain, bias + score_bias
             inits += [_init(f"{prefix}_w", weight), _init(f"{prefix}_b", bias)]
-            inits.append(numpy_helper.from_array(np.array([-1, width], dtype=np.int64), f"{prefix}_shape"))
+            shape = [1, -1, width] if batched_outputs else [-1, width]
+            inits.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), f"{prefix}_shape"))
             nodes.append(
                 helper.make_node(
                     "Conv",
@@ -171,8 +175,8 @@ def write_random_detector(path: Path, *, seed: int = 5, score_gain: float = 3.0,
             nodes.append(
                 helper.make_node("Reshape", [f"{prefix}_t", f"{prefix}_shape"], [prefix], name=f"reshape_{prefix}")
             )
-            names[kind].append(prefix)
-            outputs[kind].append(helper.make_tensor_value_info(prefix, TensorProto.FLOAT, [f"n{prefix}", width]))
+            dims: list[int | str] = [1, f"n{prefix}", width] if batched_outputs else [f"n{prefix}", width]
+            outputs[kind].append(helper.make_tensor_value_info(prefix, TensorProto.FLOAT, dims))
     graph = helper.make_graph(
         nodes,
         "tiny_random_scrfd",
