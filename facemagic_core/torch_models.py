@@ -88,13 +88,24 @@ def choose_runtime(runtime: str, device: torch.device) -> Literal["torch", "onnx
 
 
 @contextmanager
-def exact_float32() -> Iterator[None]:
-    """cuDNN convolutions without TF32 (on by default in torch), so fp32 results match onnxruntime's."""
-    cudnn = torch.backends.cudnn
-    with cudnn.flags(
-        enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
-    ):
+def exact_float32(device: torch.device) -> Iterator[None]:
+    """On CUDA, convolutions and matrix products without TF32 (which ComfyUI and torch's cuDNN default turn
+    on), so fp32 results match onnxruntime's; the previous settings come back afterwards."""
+    if device.type != "cuda":
         yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    try:
+        previous = (cudnn.allow_tf32, matmul.allow_tf32)
+        cudnn.allow_tf32, matmul.allow_tf32 = False, False
+    except RuntimeError as error:  # a caller that uses torch's newer fp32_precision settings: leave them
+        logger.debug("TF32 settings left as they are (%s)", error)
+        yield
+        return
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = previous
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +238,7 @@ def check_inputs(facts: GraphFacts, *, batch: int = 1, seed: int = 0) -> list[Te
 
 def _forward(module: OnnxGraphModule, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
     device = next((buffer.device for buffer in module.buffers()), torch.device("cpu"))
-    with torch.inference_mode(), exact_float32():
+    with torch.inference_mode(), exact_float32(device):
         outputs: tuple[Tensor, ...] = module(*[tensor.to(device, torch.float32) for tensor in inputs])
     return outputs
 
