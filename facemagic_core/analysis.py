@@ -164,6 +164,11 @@ def _load_model(
     conversion is verified, else insightface's own (onnxruntime), with a warning when torch was refused."""
     if model_runtime == "torch":
         path = _check_model_file(Path(path), role)
+        if path.suffix != ".onnx":  # insightface's loader names the problem
+            return _load_insightface_runner(path, role, requested)
+        from .hub import onnx_external_data
+
+        onnx_external_data(path)  # weights kept outside the file's folder are refused, as onnxruntime does
         runner, reason = torch_models.load_torch_runner(path, device=device)
         if runner is not None:
             return runner
