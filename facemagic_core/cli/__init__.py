@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import FaceMagicError
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("identity", "similarity", "swap", "models", "bench", "prepare", "train")
+COMMANDS = ("identity", "similarity", "swap", "evaluate", "models", "bench", "prepare", "train")
 
 DEFAULT_MODEL_DIR = Path(os.environ.get("FACEMAGIC_MODELS", Path.home() / ".cache" / "facemagic" / "models"))
 
