@@ -434,6 +434,46 @@ def _measure(sample: SwapSample, analyses: _Analyses) -> _Measured:
     )
 
 
+def pair_batches(
+    sources: torch.Tensor, targets: torch.Tensor, results: torch.Tensor, *, video: bool = False
+) -> list[SwapSample]:
+    """Swap samples from ``(B, 3, H, W)`` batches, as the Swap Quality node receives them.
+
+    ``video=False``: result ``i`` is the swap of target ``i``, with source ``i`` (or the one source for
+    all). ``video=True``: targets and results are the frames of one video, swapped from the first source.
+    """
+    source_batch = check_images(sources, where="sources")
+    target_batch = check_images(targets, where="targets")
+    result_batch = check_images(results, where="results")
+    if target_batch.shape != result_batch.shape:
+        raise BadInputError(
+            f"the results {tuple(result_batch.shape)} do not match the targets {tuple(target_batch.shape)}",
+            where="swap evaluation",
+            fix="connect the swap's result of these targets: as many images, of the same size",
+        )
+    if video:
+        if source_batch.shape[0] != 1:
+            logger.info("video evaluation: the first of %d sources is used", source_batch.shape[0])
+        return [SwapSample("video", source_batch[:1], target_batch, result_batch, source_name="source 1")]
+    count = int(target_batch.shape[0])
+    if source_batch.shape[0] not in (1, count):
+        raise BadInputError(
+            f"{source_batch.shape[0]} sources for {count} targets",
+            where="swap evaluation",
+            fix="give one source for all targets, or one per target in the same order",
+        )
+    return [
+        SwapSample(
+            f"image {i + 1}",
+            source_batch[i : i + 1] if source_batch.shape[0] > 1 else source_batch,
+            target_batch[i : i + 1],
+            result_batch[i : i + 1],
+            source_name=f"source {i + 1 if source_batch.shape[0] > 1 else 1}",
+        )
+        for i in range(count)
+    ]
+
+
 def evaluate_swaps(
     samples: Sequence[SwapSample],
     analyzer: AnalyzerLike,

@@ -138,4 +138,5 @@ export const RESULT_NODES = new Set([
   "FaceMagicPoseCheck",
   "FaceMagicSaveIdentity",
   "FaceMagicSwapFaces",
+  "FaceMagicSwapQuality",
 ]);

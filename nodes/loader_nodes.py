@@ -2,31 +2,74 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, get_args
 
 from facemagic_core.analysis import FaceAnalyzer
 from facemagic_core.generators.loader import load_generator
 from facemagic_core.hub import MODELS
-from facemagic_core.runtime import onnx_providers
+from facemagic_core.runtime import onnx_providers, resolve_device
 
 from ._comfy import io
-from .common import CATEGORY, DEVICE_TOOLTIP, ONNX_DEVICES, TORCH_DEVICES, advanced, node_schema, resolve_device_choice
+from .common import (
+    CATEGORY,
+    DEVICE_TOOLTIP,
+    ONNX_DEVICES,
+    TORCH_DEVICES,
+    advanced,
+    comfy_device_name,
+    node_schema,
+    resolve_device_choice,
+)
 from .memory import manage_generator
-from .model_folder import ensure_registry_model, folder_holding, generator_choices, model_fingerprint, resolve_name
+from .model_folder import (
+    ensure_registry_model,
+    folder_holding,
+    generator_choices,
+    model_dirs,
+    model_fingerprint,
+    resolve_name,
+)
 from .progress import comfy_errors, comfy_progress
 from .sockets import Analyzer, Generator
 
-AnalyzerModel = Literal["buffalo_l", "antelopev2", "yunet"]
+AnalyzerModel = Literal["buffalo_l", "antelopev2", "yunet", "yunet_dlib"]
 ANALYZER_MODELS: tuple[str, ...] = get_args(AnalyzerModel)
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: What a new generator loader offers first: the widely used public swapper.
 DEFAULT_GENERATOR = "inswapper_128"
 
 
+def dlib_recognizer_path() -> Path:
+    """dlib's recogniser: its .dat file in the model folders, else face-api's tfjs copy there (a faceapi folder),
+    else the file of an installed face-recognition-models package, else downloaded."""
+    from facemagic_core.dlib_resnet import installed_dat_file
+
+    for folder in model_dirs():
+        if (folder / MODELS["dlib_resnet_v1"].local_path).is_file():
+            return folder / MODELS["dlib_resnet_v1"].local_path
+        if (folder / "faceapi" / "face_recognition_model-weights_manifest.json").is_file():
+            return folder / "faceapi"
+    installed = installed_dat_file()
+    return installed if installed is not None else ensure_registry_model("dlib_resnet_v1")
+
+
 def load_analyzer(model: str, *, device: str, det_size: int, det_threshold: float) -> FaceAnalyzer:
     """A FaceAnalyzer from the model folder (downloading what is missing, with ComfyUI's progress bar)."""
     providers = onnx_providers(resolve_device_choice(device))
     progress = comfy_progress(what=f"analyzer {model}")
+    if model == "yunet_dlib":
+        from facemagic_core.dlib_resnet import load_dlib_recognizer
+
+        torch_device = resolve_device(comfy_device_name() if device not in ("cpu", "cuda") else device)
+        return FaceAnalyzer(
+            backend="yunet",
+            detector=ensure_registry_model("yunet", progress=progress),
+            recognizer=load_dlib_recognizer(dlib_recognizer_path(), device=torch_device),
+            providers=providers,
+            det_size=det_size,
+            det_threshold=det_threshold,
+        )
     if model == "yunet":
         detector = ensure_registry_model("yunet", progress=progress)
         recognizer = ensure_registry_model("arcface_w600k_r50", progress=progress)
@@ -59,7 +102,9 @@ class FaceMagicAnalyzerLoader(io.ComfyNode):
                     default="buffalo_l",
                     tooltip="buffalo_l: insightface's SCRFD detector, 106/68-point landmarks and ArcFace (the usual "
                     "choice). antelopev2: the same with a larger recogniser. yunet: OpenCV's light detector with "
-                    "ArcFace w600k_r50. insightface models are for non-commercial research only.",
+                    "ArcFace w600k_r50. yunet_dlib: YuNet with dlib's ResNet recogniser (public-domain weights, "
+                    "128-d identities; the judge of ArcFace swaps in Swap Quality). insightface models are for "
+                    "non-commercial research only.",
                 ),
                 io.Combo.Input(
                     "device", options=list(ONNX_DEVICES), default="auto", tooltip=DEVICE_TOOLTIP, **advanced()
@@ -92,6 +137,8 @@ class FaceMagicAnalyzerLoader(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, model: str, **_settings: object) -> str:
         """Changes when the model files do, so a replaced pack is loaded again instead of coming from the cache."""
+        if model == "yunet_dlib":
+            return model_fingerprint(["yunet", "dlib_resnet_v1"])
         return model_fingerprint(["yunet", "arcface_w600k_r50"] if model == "yunet" else [model])
 
     @classmethod

@@ -40,6 +40,7 @@ CORE_NODE_IDS = {
     "FaceMagicLoadIdentity",
     "FaceMagicFaceSimilarity",
     "FaceMagicSwapSeveralPeople",
+    "FaceMagicSwapQuality",
 }
 
 
