@@ -584,21 +584,28 @@ def draw_quality_plot(report: QualityReport, *, height: int = 360) -> torch.Tens
     font = ImageFont.load_default()
     margin = max(30, height // 9)
     panel = width // 2
-    # Left panel: similarity to the target (x) against similarity to the source (y), both over [-0.2, 1].
+    # Left panel: similarity to the target (x) against similarity to the source (y), both over [low, 1]: low fits
+    # the numbers (dlib's similarities of different people are around 0.8, ArcFace's around 0).
     x0, y0, x1, y1 = margin, margin // 2, panel - margin // 2, height - margin
-    low = -0.2
+    shown = [
+        value
+        for sample in report.samples
+        for value in (sample.source_similarity, sample.target_similarity, sample.before_similarity)
+        if math.isfinite(value)
+    ]
+    low = min(0.8, max(-1.0, math.floor((min(shown, default=0.0) - 0.05) * 10) / 10))
 
     def to_xy(target_sim: float, source_sim: float) -> tuple[float, float]:
         fx = (min(max(target_sim, low), 1.0) - low) / (1.0 - low)
         fy = (min(max(source_sim, low), 1.0) - low) / (1.0 - low)
         return x0 + fx * (x1 - x0), y1 - fy * (y1 - y0)
 
-    for tick in (0.0, 0.5, 1.0):
+    for tick in np.linspace(low, 1.0, 5).round(2).tolist():
         gx, gy = to_xy(tick, tick)
         draw.line([(gx, y0), (gx, y1)], fill=_PLOT_COLOURS["grid"])
         draw.line([(x0, gy), (x1, gy)], fill=_PLOT_COLOURS["grid"])
-        draw.text((gx - 6, y1 + 3), f"{tick:g}", fill=_PLOT_COLOURS["axis"], font=font)
-        draw.text((x0 - 22, gy - 5), f"{tick:g}", fill=_PLOT_COLOURS["axis"], font=font)
+        draw.text((gx - 8, y1 + 3), f"{tick:g}", fill=_PLOT_COLOURS["axis"], font=font)
+        draw.text((x0 - 28, gy - 5), f"{tick:g}", fill=_PLOT_COLOURS["axis"], font=font)
     draw.rectangle([x0, y0, x1, y1], outline=_PLOT_COLOURS["axis"])
     draw.text((x0, y1 + 15), "similarity to target", fill=_PLOT_COLOURS["axis"], font=font)
     draw.text((x0 + 4, y0 + 3), "similarity to source (up = better)", fill=_PLOT_COLOURS["axis"], font=font)

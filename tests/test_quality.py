@@ -184,6 +184,7 @@ def test_flicker_of_a_video(judges, clip_path: Path) -> None:
     # a crop reaches past the picture's edge).
     expected = 0.04 * 255
     assert flickering.flicker is not None and 0.9 * expected < flickering.flicker < expected + 1e-3
+    print(f"flicker {flickering.flicker:.2f} (expected {expected:.2f})")
     assert report.landmark_points == 5
     assert "ID retrieval had one source" not in report.format_text()  # two samples, two sources ('copy', 'noisy')
 
