@@ -14,6 +14,8 @@ from . import identity as identity_command
 
 if TYPE_CHECKING:
     from ..training.config import TrainConfig
+    from ..training.data import FaceCache
+    from ..training.distributed import DistributedContext
     from ..training.teachers import IdentityTeacher, LandmarkTeacherLike
 
 
@@ -26,7 +28,9 @@ def register(subparsers: Any) -> None:
             "identity, landmark and adversarial losses, per-block identity mixing; or distil a swapper you have "
             "(--distill-from) into a native generator. RUN_DIR receives checkpoint/ (config.json + "
             "model.safetensors, the EMA weights: give it to 'facemagic swap --generator'), losses.csv, sample grids "
-            "and the training state for --resume."
+            "and the training state for --resume. Started by torchrun, it trains on all its processes with "
+            "DistributedDataParallel (one GPU each; gloo on CPUs): the config's batch_size is then per process, and "
+            "process 0 writes RUN_DIR."
         ),
         epilog=(
             "examples:\n"
@@ -34,7 +38,9 @@ def register(subparsers: Any) -> None:
             "  facemagic train --data cache/ -o runs/base256 --resume\n"
             "  facemagic train --data cache/ --config configs/base_256.json -o runs/distil "
             "--distill-from inswapper_128\n"
-            "  facemagic train --data cache/ -o runs/base256 --resume --push-to-hub me/facemagic-256"
+            "  facemagic train --data cache/ -o runs/base256 --resume --push-to-hub me/facemagic-256\n"
+            "  torchrun --nproc-per-node 4 -m facemagic_core train --data cache/ --config configs/base_256.json "
+            "-o runs/base256"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -105,16 +111,33 @@ def _teachers(
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..generators import load_generator
     from ..runtime import resolve_device
     from ..training.data import FaceCache
-    from ..training.publish import push_to_hub, write_model_card
-    from ..training.trainer import Trainer
+    from ..training.distributed import (
+        context_from_environment,
+        destroy_process_group,
+        device_for,
+        init_process_group,
+    )
 
     config = _load_config(args)
     check_outputs_not_inputs([("-o", Path(args.output) / "*")], [Path(args.data) / "manifest.json"], where="train")
-    device = resolve_device(args.device)
-    cache = FaceCache(args.data)
+    context = context_from_environment()
+    device = device_for(context, resolve_device(args.device))
+    context = init_process_group(context, device)
+    try:
+        return _train(args, config, device, context, FaceCache(args.data))
+    finally:
+        destroy_process_group(context)
+
+
+def _train(
+    args: argparse.Namespace, config: TrainConfig, device: Any, context: DistributedContext, cache: FaceCache
+) -> int:
+    from ..generators import load_generator
+    from ..training.publish import push_to_hub, write_model_card
+    from ..training.trainer import Trainer
+
     teacher = None
     if args.distill_from:
         teacher = load_generator(args.distill_from, model_dir=args.models, device=device, dtype="fp32")
@@ -128,8 +151,13 @@ def run_train(args: argparse.Namespace) -> int:
         distill_from=teacher,
         device=device,
         resume=args.resume,
+        distributed=context,
     )
-    summary = trainer.train(progress=progress_printer("train: step"))
+    summary = trainer.train(progress=progress_printer("train: step") if context.is_main else None)
+    if not context.is_main:
+        return 0
+    if context.active:
+        print(f"trained on {context.world_size} processes ({context.backend}), {config.batch_size} faces each per step")
     shown = ("generator_loss", "reconstruction", "identity", "distill_l1")
     for label, losses in (("first", summary.first_losses), ("last", summary.last_losses)):
         if losses:

@@ -13,6 +13,10 @@ optimisers and gradient scalers, the step, the data order (:class:`.data.PairSam
 the random states of python, numpy and torch, so ``N`` steps, a stop and a resume give
 exactly the weights of ``N`` uninterrupted steps (same device, same thread count).
 
+Started by torchrun, the loop runs in every process with DistributedDataParallel (see
+:mod:`.distributed`): each process trains on its share of a global batch of ``batch_size x
+world_size`` faces, and process 0 alone writes the run folder.
+
 One step (B faces; "same" rows have source == target, the others are swaps):
 
 1. generator forward with the per-block source identities (strength 1 everywhere);
@@ -55,6 +59,7 @@ from .config import TrainConfig
 from .data import FaceCache, PairIndices, PairSampler, TrainingBatch, load_batch
 from .discriminator import MultiScaleDiscriminator, logits_of
 from .distill import DistillTeacher
+from .distributed import DistributedContext, all_true, barrier, device_for, mean_over_processes, shard_pairs
 from .interrupt import DeferredInterrupt
 from .teachers import IdentityTeacher, LandmarkTeacherLike
 
@@ -145,7 +150,8 @@ class Trainer:
     ``recognizer`` and ``landmarks`` are the frozen teachers of the identity and landmark
     losses (needed when those weights are non-zero, outside distillation); ``distill_from`` is
     a teacher swapper, which switches on distillation mode. ``resume=True`` continues the run
-    saved in ``run_dir``.
+    saved in ``run_dir``. ``distributed`` is this process's place in a multi-process run whose
+    process group is up (:func:`.distributed.init_process_group`); ``batch_size`` is then per process.
     """
 
     def __init__(
@@ -159,11 +165,13 @@ class Trainer:
         distill_from: SwapModel | None = None,
         device: str | torch.device | None = "auto",
         resume: bool = False,
+        distributed: DistributedContext | None = None,
     ) -> None:
         self.config = config
         self.cache = cache
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(device)
+        self.distributed = distributed or DistributedContext()
+        self.device = device_for(self.distributed, resolve_device(device))
         self.autocast_dtype = resolve_precision(config.precision, self.device)
         generator_cfg = config.generator
         self._check_cache(cache, config)
@@ -221,9 +229,10 @@ class Trainer:
         scale = self.autocast_dtype == torch.float16
         self.generator_scaler = torch.amp.GradScaler(self.device.type, enabled=scale)
         self.discriminator_scaler = torch.amp.GradScaler(self.device.type, enabled=scale)
-        self.sampler = PairSampler(
+        self._wrap_for_processes()
+        self.sampler = PairSampler(  # the global batch: every process draws it, each trains on its share
             cache.person_ids,
-            batch_size=config.batch_size,
+            batch_size=config.batch_size * self.distributed.world_size,
             same_image_fraction=config.same_image_fraction,
             mix_fraction=0.0 if self.distilling else config.mix_fraction,
             num_blocks=generator_cfg.num_blocks,
@@ -231,7 +240,9 @@ class Trainer:
         )
         self.mask_reference = self._mask_reference()
         self.step = 0
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.distributed.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier(self.distributed)
         if resume:
             self._load_state()
         else:
@@ -241,8 +252,10 @@ class Trainer:
                     where=str(self.run_dir),
                     fix="continue it with --resume, or give another output folder",
                 )
-            atomic_write_bytes(self.run_dir / CONFIG_FILE, config.to_json().encode("utf-8"))
-            self._reset_csv()
+            barrier(self.distributed)  # every process has looked before process 0 writes
+            if self.distributed.is_main:
+                atomic_write_bytes(self.run_dir / CONFIG_FILE, config.to_json().encode("utf-8"))
+                self._reset_csv()
         logger.info(
             "training a %.2f M parameter generator on %d faces (%s, %s)%s",
             self.generator.num_parameters() / 1e6,
@@ -251,6 +264,19 @@ class Trainer:
             self.autocast_dtype or "fp32",
             f", distilling from {distill_from.name}" if distill_from is not None else "",
         )
+
+    def _wrap_for_processes(self) -> None:
+        """DDP wrappers of the trained networks (the networks themselves when alone): they average the gradients."""
+        self.generator_step: nn.Module = self.generator
+        self.discriminator_step: nn.Module | None = self.discriminator
+        if not self.distributed.active:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.generator_step = DistributedDataParallel(self.generator, device_ids=ids)
+        if self.discriminator is not None:
+            self.discriminator_step = DistributedDataParallel(self.discriminator, device_ids=ids)
 
     # -- checks and fixed tensors ----------------------------------------------------------------
 
@@ -304,8 +330,8 @@ class Trainer:
         }
 
     def next_batch(self) -> TrainingBatch:
-        """The next batch of the run (advances the data order)."""
-        pairs: PairIndices = self.sampler.next_batch()
+        """This process's share of the next batch of the run (advances the data order)."""
+        pairs: PairIndices = shard_pairs(self.sampler.next_batch(), self.distributed)
         return load_batch(self.cache, pairs, num_blocks=self.config.generator.num_blocks, device=self.device)
 
     def forward_generator(self, generator: nn.Module, batch: TrainingBatch) -> tuple[Tensor, Tensor | None]:
@@ -361,10 +387,11 @@ class Trainer:
 
     def _discriminator_step(self, real: Tensor, fake: Tensor) -> float:
         assert self.discriminator is not None and self.discriminator_optimizer is not None
+        assert self.discriminator_step is not None
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            real_logits = logits_of(self.discriminator(real))
-            fake_logits = logits_of(self.discriminator(fake.detach()))
+            real_logits = logits_of(self.discriminator_step(real))
+            fake_logits = logits_of(self.discriminator_step(fake.detach()))
         loss = losses.discriminator_hinge_loss(real_logits, fake_logits)
         self.discriminator_scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.discriminator_scaler.unscale_(self.discriminator_optimizer)
@@ -378,7 +405,7 @@ class Trainer:
         """One optimiser step of the generator (and the discriminator); returns the loss values."""
         batch = self.next_batch()
         self.generator.train()
-        rgb, mask = self.forward_generator(self.generator, batch)
+        rgb, mask = self.forward_generator(self.generator_step, batch)
         terms = self.compute_losses(batch, rgb, mask)
         weights = self._weights()
         record: dict[str, float] = {}
@@ -395,7 +422,7 @@ class Trainer:
                 terms["feature_matching"] = losses.feature_matching_loss(fake, real)
             self.discriminator.requires_grad_(True)
         total = sum((weights[name] * value for name, value in terms.items()), rgb.new_zeros(()))
-        if not bool(torch.isfinite(total)):
+        if not all_true(bool(torch.isfinite(total)), self.distributed, self.device):  # all processes stop
             raise ModelIntegrityError(
                 f"the training loss is not finite at step {self.step + 1} "
                 f"({', '.join(f'{name} {float(value):.4g}' for name, value in terms.items())})",
@@ -414,7 +441,7 @@ class Trainer:
         record.update({name: float(value.detach()) for name, value in terms.items()})
         record["generator_loss"] = float(total.detach())
         record["grad_norm"] = float(grad_norm)
-        return record
+        return mean_over_processes(record, CSV_COLUMNS[2:], self.distributed, self.device)
 
     def _update_ema(self) -> None:
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
@@ -456,7 +483,7 @@ class Trainer:
                         pending = []
                     if request.requested:
                         raise KeyboardInterrupt
-                    if self.step % self.config.sample_every == 0:
+                    if self.step % self.config.sample_every == 0 and self.distributed.is_main:
                         self.save_samples()
                     if self.step % self.config.checkpoint_every == 0 and self.step < stop:
                         self.save_checkpoint()
@@ -471,7 +498,7 @@ class Trainer:
                 self._log(pending)
             self.save_checkpoint()
             raise
-        if self.step > first_step and self.step % self.config.sample_every != 0:
+        if self.step > first_step and self.step % self.config.sample_every != 0 and self.distributed.is_main:
             self.save_samples()
         checkpoint = self.save_checkpoint()
         steps = self.step - first_step
@@ -492,6 +519,8 @@ class Trainer:
         atomic_write_bytes(self.run_dir / LOSSES_FILE, text.getvalue().encode("utf-8"))
 
     def _log(self, records: list[dict[str, float]]) -> None:
+        if not self.distributed.is_main:
+            return
         means: dict[str, float] = {}
         for column in CSV_COLUMNS[1:]:
             values = [record[column] for record in records if column in record]
@@ -537,11 +566,19 @@ class Trainer:
         return path
 
     def save_checkpoint(self) -> Path:
-        """Write the EMA generator (checkpoint/) and the training state, each atomically."""
+        """Write the EMA generator (checkpoint/) and the training state, each atomically (process 0 only)."""
+        folder = self.run_dir / CHECKPOINT_DIR
+        if self.distributed.is_main:
+            self._write_checkpoint()
+        barrier(self.distributed)  # the files are there when any process returns
+        return folder
+
+    def _write_checkpoint(self) -> None:
         folder = self.ema.save_pretrained(self.run_dir / CHECKPOINT_DIR)
         state: dict[str, Any] = {
             "format_version": STATE_VERSION,
             "step": self.step,
+            "world_size": self.distributed.world_size,
             "config": self.config.to_dict(),
             "num_faces": len(self.cache),
             "distilling": self.distilling,
@@ -559,7 +596,6 @@ class Trainer:
         with atomic_path(self.run_dir / STATE_FILE) as temporary:
             torch.save(state, temporary)
         logger.info("saved the checkpoint of step %d to %s", self.step, folder)
-        return folder
 
     def _load_state(self) -> None:
         path = self.run_dir / STATE_FILE
@@ -595,6 +631,16 @@ class Trainer:
                 where=str(self.cache.folder),
                 fix="resume with the same --data folder",
             )
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.distributed.world_size:
+            raise BadInputError(
+                f"the run was trained by {saved_world} process(es), this resume has {self.distributed.world_size} "
+                "(each process trains on batch_size faces, so the batches would change)",
+                where=str(path),
+                fix=f"resume with torchrun --nproc-per-node {saved_world}"
+                if saved_world > 1
+                else "resume without torchrun",
+            )
         if bool(state.get("distilling", False)) != self.distilling:
             started = "with --distill-from" if state.get("distilling") else "without --distill-from"
             raise BadInputError(
@@ -617,6 +663,9 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         _set_rng_state(state["rng"])
         self.step = int(state["step"])
+        barrier(self.distributed)  # every process has read the state before process 0 rewrites files
+        if not self.distributed.is_main:
+            return
         if changed:
             atomic_write_bytes(self.run_dir / CONFIG_FILE, self.config.to_json().encode("utf-8"))
         self._truncate_csv()
