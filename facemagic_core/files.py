@@ -169,7 +169,9 @@ def check_outputs_not_inputs(
                 )
     for number, (option, output) in enumerate(given):
         for other_option, other in given[number + 1 :]:
-            if _real(output) == _real(other):
+            glob, name = (other, output) if any(c in other.name for c in "*?[") else (output, other)
+            matches = _real(glob.parent) == _real(name.parent) and fnmatch.fnmatch(name.name, glob.name)
+            if _real(output) == _real(other) or matches:
                 raise BadInputError(
                     f"{option} and {other_option} name the same file, so one would replace the other",
                     where=f"{where}: {output}",

@@ -162,9 +162,23 @@ def test_prepare_cache_may_not_be_the_photo_folder(tmp_path: Path, capsys: pytes
     assert snapshot(tmp_path) == before
 
 
+def test_train_run_folder_may_not_be_the_data_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "manifest.json").write_text("{}")
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny.json"
+    arguments = ["train", "--data", str(cache), "--config", str(config), "-o", str(cache), "--device", "cpu"]
+    code, _, err = run([*arguments, "--models", str(tmp_path / "m")], capsys)
+    assert "-o would replace an input file" in one_error_line(code, err)
+    assert sorted(p.name for p in cache.iterdir()) == ["manifest.json"]
+
+
 def test_two_outputs_with_the_same_name_are_refused(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="-o and --preview name the same file"):
         check_outputs_not_inputs([("-o", tmp_path / "x.png"), ("--preview", tmp_path / "." / "x.png")], [])
+    with pytest.raises(BadInputError, match="-o and --pose-debug name the same file"):
+        check_outputs_not_inputs([("-o", tmp_path / "frame_00003.png"), ("--pose-debug", tmp_path / "frame_*.png")], [])
+    check_outputs_not_inputs([("-o", tmp_path / "result.png"), ("--pose-debug", tmp_path / "frame_*.png")], [])
 
 
 # ---------------------------------------------------------------------------------------------
