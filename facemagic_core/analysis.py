@@ -32,7 +32,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
@@ -155,6 +156,13 @@ def _analysis_device(
     if isinstance(device, str) and device.strip().lower() in ("tensorrt", "trt", "directml", "dml", "coreml", "rocm"):
         return torch.device("cpu")
     return _resolve_device(device)
+
+
+@contextmanager
+def _model_errors(what: str, where: str) -> Iterator[None]:
+    """onnxruntime's and torch's failures (out of memory first) while running ``what``, as FaceMagicErrors."""
+    with runtime.onnxruntime_errors(what, where), torch_models.torch_errors(what, where):
+        yield
 
 
 def _load_model(
@@ -621,7 +629,7 @@ class FaceAnalyzer:
         Faces carry a box, a score and 5 landmarks; an image without faces gives an empty list.
         """
         check_images(images, where="images to analyse")
-        with runtime.onnxruntime_errors("the face detector", str(self.detector_path)):
+        with _model_errors("the face detector", str(self.detector_path)):
             return self._detect(_Frames(images, self.device))
 
     def analyze(
@@ -632,7 +640,7 @@ class FaceAnalyzer:
         embeddings of all faces in one batched call (when it has a recogniser and ``embeddings``).
         Models that run in torch take every face of the batch at once."""
         check_images(images, where="images to analyse")
-        with runtime.onnxruntime_errors("the face analysis models", str(self.detector_path)):
+        with _model_errors("the face analysis models", str(self.detector_path)):
             return self._analyze_checked(images, landmarks=landmarks, embeddings=embeddings, attributes=attributes)
 
     def _analyze_checked(
@@ -664,7 +672,7 @@ class FaceAnalyzer:
                 fix="pass recognizer=<w600k_r50.onnx> or load a pack that contains one (buffalo_l)",
             )
         check_images(images, where="images to embed")
-        with runtime.onnxruntime_errors("the face recogniser", repr(self)):
+        with _model_errors("the face recogniser", repr(self)):
             return self._embed_frames(_Frames(images, self.device), faces)
 
     def _embed_frames(self, frames: _Frames, faces: Sequence[Face]) -> list[Face]:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .align import invert_affine, warp_affine
-from .errors import BadInputError, FaceMagicError, ModelIntegrityError
+from .errors import BadInputError, FaceMagicError, ModelIntegrityError, OutOfMemoryError
 from .files import atomic_path
 from .onnx_graph import OnnxGraphModule
 
@@ -106,6 +106,20 @@ def exact_float32(device: torch.device) -> Iterator[None]:
         yield
     finally:
         cudnn.allow_tf32, matmul.allow_tf32 = previous
+
+
+@contextmanager
+def torch_errors(what: str, where: str) -> Iterator[None]:
+    """Out of memory in a torch runner becomes :class:`~facemagic_core.errors.OutOfMemoryError` (chunked callers
+    halve the chunk), as :func:`facemagic_core.runtime.onnxruntime_errors` does for onnxruntime."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        raise OutOfMemoryError(
+            f"out of memory while torch ran {what} ({str(error).strip().splitlines()[0][:200] if str(error) else ''})",
+            where=where,
+            fix="process fewer frames at once (--chunk), free memory held by other programs, or use the CPU",
+        ) from error
 
 
 # ---------------------------------------------------------------------------------------------

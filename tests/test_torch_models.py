@@ -30,7 +30,7 @@ from tiny_models import (
 
 from facemagic_core import onnx_graph, torch_models
 from facemagic_core.analysis import FaceAnalyzer
-from facemagic_core.errors import BadInputError
+from facemagic_core.errors import BadInputError, OutOfMemoryError
 from facemagic_core.images import rgb_uint8_to_tensor
 from facemagic_core.torch_models import (
     TorchFaceDetector,
@@ -367,6 +367,20 @@ def test_the_analysis_device_follows_the_device_and_providers_asked_for() -> Non
     if best is not None:
         assert _analysis_device(None, None).type == "cuda"
         assert _analysis_device(None, ["cuda"]).type == "cuda"
+
+
+def test_out_of_memory_in_a_torch_runner_is_a_facemagic_error(
+    analyzers: dict[str, FaceAnalyzer], batch: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunked callers answer OutOfMemoryError by halving the chunk; torch's own error must become it."""
+
+    def out_of_memory(self: object, inputs: torch.Tensor) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(TorchFaceDetector, "run", out_of_memory)
+    with pytest.raises(OutOfMemoryError, match="out of memory while torch ran the face analysis models") as error:
+        analyzers["torch"].analyze(batch)
+    assert "--chunk" in str(error.value)
 
 
 def test_runtime_choice() -> None:
