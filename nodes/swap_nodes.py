@@ -21,6 +21,7 @@ from facemagic_core.analysis import FaceAnalyzer
 from facemagic_core.blend import COLOUR_METHODS, MASK_KINDS
 from facemagic_core.errors import BadInputError
 from facemagic_core.generators.base import SwapOutput
+from facemagic_core.mapping import DEFAULT_REFERENCE_THRESHOLD
 from facemagic_core.pipeline import (
     DEFAULT_CHUNK_SIZE,
     MAX_WEAVE,
@@ -38,6 +39,7 @@ from facemagic_core.pipeline import (
     swap_faces,
 )
 from facemagic_core.pose import FAILURE_POLICIES, PoseReport, PoseThresholds, draw_pose_overlay, format_pose_report
+from facemagic_core.tracking import DEFAULT_MAX_GAP, TrackingConfig
 from facemagic_core.types import Identity
 
 from ._comfy import io, text_ui
@@ -174,6 +176,33 @@ def _reference_input() -> io.Input:
     )
 
 
+def _reference_threshold_input() -> io.Input:
+    return io.Float.Input(
+        "reference_threshold",
+        default=DEFAULT_REFERENCE_THRESHOLD,
+        min=-1.0,
+        max=1.0,
+        step=0.01,
+        optional=True,
+        display_name="reference threshold",
+        tooltip="With a reference: faces less similar to it than this are never swapped, so nobody else is swapped "
+        "while that person is out of the shot (-1 keeps every face).",
+    )
+
+
+def _track_gap_input() -> io.Input:
+    return io.Int.Input(
+        "track_gap",
+        default=DEFAULT_MAX_GAP,
+        min=0,
+        max=60,
+        optional=True,
+        display_name="track gap",
+        tooltip="Video frames: faces are followed from frame to frame, and a face the detector misses for up to this "
+        "many frames is still swapped (its place interpolated), so it does not flicker. 0 turns following off.",
+    )
+
+
 def _no_face_input() -> io.Input:
     return io.Combo.Input(
         "no_face",
@@ -198,11 +227,14 @@ def _smoothing_input() -> io.Input:
     )
 
 
-def _face_selection(face_order: str, face_index: int, reference: Identity | None) -> dict[str, Any]:
+def _face_selection(
+    face_order: str, face_index: int, reference: Identity | None, threshold: float | None = None
+) -> dict[str, Any]:
     return {
         "order": face_order,
         "index": None if face_index < 0 else int(face_index),
         "reference": reference.mean_embedding() if reference is not None else None,
+        "min_similarity": float(threshold) if reference is not None and threshold is not None else None,
     }
 
 
@@ -280,6 +312,7 @@ class FaceMagicSwap(io.ComfyNode):
                 _smoothing_input(),
                 _no_face_input(),
                 _reference_input(),
+                _reference_threshold_input(),
             ],
             outputs=[
                 Swap.Output("swap", display_name="swap", tooltip="The swapped faces, for Pose Check or Blend."),
@@ -303,10 +336,11 @@ class FaceMagicSwap(io.ComfyNode):
         smoothing: float,
         no_face: str,
         reference: Identity | None = None,
+        reference_threshold: float | None = None,
     ) -> io.NodeOutput:
         images = as_image_batch(images, where="target images")
         total = int(images.shape[0])
-        selection = _face_selection(face_order, face_index, reference)
+        selection = _face_selection(face_order, face_index, reference, reference_threshold)
         tracker = FaceTracker(SmoothingConfig.with_strength(smoothing)) if smoothing > 0 else None
         progress = comfy_progress(total, what="swap")
         chunks: list[SwapChunk] = []
@@ -608,6 +642,8 @@ class FaceMagicSwapFaces(io.ComfyNode):
                 _smoothing_input(),
                 _no_face_input(),
                 _reference_input(),
+                _reference_threshold_input(),
+                _track_gap_input(),
             ],
             outputs=[
                 io.Image.Output("swapped_images", display_name="images", tooltip="The frames with swapped faces."),
@@ -639,14 +675,18 @@ class FaceMagicSwapFaces(io.ComfyNode):
         smoothing: float,
         no_face: str,
         reference: Identity | None = None,
+        reference_threshold: float | None = None,
+        track_gap: int | None = None,
     ) -> io.NodeOutput:
         frames = images_as_core_view(images, where="target images")  # no copy of a long frame batch
         total = int(frames.shape[0])
-        selection = _face_selection(face_order, face_index, reference)
+        selection = _face_selection(face_order, face_index, reference, reference_threshold)
         options = SwapOptions(
             face_order=selection["order"],
             face_index=selection["index"],
             reference=selection["reference"],
+            min_similarity=selection["min_similarity"],
+            tracking=TrackingConfig(max_gap=int(track_gap)) if track_gap and total > 1 else None,
             strength=float(strength),
             smoothing=SmoothingConfig.with_strength(smoothing) if smoothing > 0 else None,
             mask=mask,  # type: ignore[arg-type]

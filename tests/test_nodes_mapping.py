@@ -77,3 +77,23 @@ def test_choices_name_their_problem(
         node.run(**common, identity_3=identity_a, **SETTINGS)
     with pytest.raises(BadInputError, match="unknown face choice 'left'"):
         node.run(**common, **{**SETTINGS, "face_choices": "left"})
+
+
+def test_all_in_one_follows_faces_and_keeps_a_reference_threshold(
+    nodes: dict[str, Any], generator: Any, analyzer: FaceAnalyzer, identity_a: Identity, identity_b: Identity
+) -> None:
+    frames = torch.cat([comfy_image([(4, 5, 240)]), comfy_image([]), comfy_image([(4, 5, 240)])])
+    common = {"images": frames, "identity": identity_b, "generator": generator, "analyzer": analyzer}
+    settings = {**ALL_IN_ONE_DEFAULTS, "no_face": "pass"}
+    node = nodes["FaceMagicSwapFaces"]
+    plain = node.run(**common, **settings).args[2]
+    assert "1 frame without the face asked for" in plain  # the middle frame, where the detector finds nothing
+    followed_mask, followed = node.run(**common, **settings, track_gap=2).args[1:]
+    assert followed.startswith("3 face(s) swapped in 3 frame(s)") and "without" not in followed
+    filled, detected = followed_mask[1] > 0.01, followed_mask[0] > 0.01  # filled in where the face was
+    assert float((filled & detected).sum()) > 0.9 * float((filled | detected).sum()) > 0
+    # A reference that is not this person, with a threshold above its similarity: nobody is swapped.
+    strict = node.run(**common, **settings, reference=identity_a, reference_threshold=0.999).args[2]
+    assert strict.startswith("0 face(s) swapped")
+    loose = node.run(**common, **settings, reference=identity_a, reference_threshold=-1.0).args[2]
+    assert loose.startswith("2 face(s) swapped")
