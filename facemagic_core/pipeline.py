@@ -24,6 +24,10 @@ Stage functions, in pipeline order (the ComfyUI nodes call these; :func:`swap_fa
         # (frames (N, 3, H, W), masks (N, H, W)), new tensors
     swap_faces(images, identities, analyzer, generator, options=None, progress=None, *,
                tracker=None, external_mask=None, frame_offset=0, total_frames=None) -> SwapResult
+        # with options.mapping (facemagic_core.mapping) or options.tracking (facemagic_core.tracking):
+    swap_stream(chunks, identities, analyzer, generator, options, *, smoother=None, external_mask=None,
+                frame_offset=0, total_frames=None) -> Iterator[SwapResult]
+        # faces mapped to identities and followed across chunks, missed detections filled in
     swap_video(source, output, identities, analyzer, generator, options=None, progress=None, *,
                max_frames=None, on_result=None) -> VideoSwapSummary
 

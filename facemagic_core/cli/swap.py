@@ -91,7 +91,9 @@ def register(subparsers: Any) -> None:
             f"({IDENTITY_SUFFIX}) made by 'facemagic identity'."
             "\n\nBy default the largest face of every frame is swapped (--face-index and --all-faces choose "
             "others). A photo without a face is an error; video frames without a face are kept unchanged "
-            "(--no-face). Videos keep their frame rate and are written as .mp4 or .gif. Models are downloaded "
+            "(--no-face). Videos keep their frame rate and sound and are written as .mp4 (H.264), .gif or .webp; "
+            "faces are followed from frame to frame (--track-gap), and several people get their own identities "
+            "with --map. Models are downloaded "
             "into --models on first use; a generator can also be a local .onnx file or a native model folder."
         ),
         epilog=(
@@ -100,7 +102,8 @@ def register(subparsers: Any) -> None:
             "  facemagic swap --source me1.jpg me2.jpg --target clip.mp4 -o result.mp4 --smooth\n"
             "  facemagic swap --identity me.safetensors --target group.jpg -o out.png --all-faces\n"
             "  facemagic swap --mix coarse=a.jpg fine=b.jpg --target t.jpg -o out.png --generator my_model/\n"
-            "  facemagic swap --source me.jpg --target t.jpg -o out.png --pose-check --pose-debug debug/"
+            "  facemagic swap --source me.jpg --target t.jpg -o out.png --pose-check --pose-debug debug/\n"
+            "  facemagic swap --map anna.jpg=0 --map ben.jpg=1 --order left_to_right --target party.mp4 -o out.mp4"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
