@@ -8,10 +8,12 @@ users expect a command line to behave.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -119,6 +121,16 @@ def check_images(images: object, *, where: str = "images") -> torch.Tensor:
     return images
 
 
+@contextlib.contextmanager
+def open_picture(file: Path) -> Iterator[Image.Image]:
+    """``Image.open`` without Pillow's DecompressionBombWarning on stderr (sizes are checked here, with a message
+    that says what to do); its DecompressionBombError above twice that limit still comes through."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(file) as picture:
+            yield picture
+
+
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """Read an image file as a ``(1, 3, H, W)`` float32 RGB tensor in [0, 1].
 
@@ -132,8 +144,7 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
         raise BadInputError("expected an image file, got a folder", where=str(file), fix="name an image file in it")
     check_input_file(file, what="image", missing="image file not found")
     try:
-        with warnings.catch_warnings(), Image.open(file) as picture:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, with a clear message
+        with open_picture(file) as picture:
             _check_picture_size(picture, file)
             picture.seek(0)
             upright = ImageOps.exif_transpose(picture)
@@ -167,8 +178,7 @@ def check_image_file(path: str | os.PathLike[str]) -> tuple[int, int]:
         raise BadInputError("expected an image file, got a folder", where=str(file), fix="name an image file in it")
     check_input_file(file, what="image", missing="image file not found")
     try:
-        with warnings.catch_warnings(), Image.open(file) as picture:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with open_picture(file) as picture:
             _check_picture_size(picture, file)
             size = picture.size
             picture.verify()  # the structure and checksums of PNGs, without decoding
@@ -196,8 +206,7 @@ def load_alpha(path: str | os.PathLike[str]) -> torch.Tensor | None:
     if describe_file_kind(Path(path)) != "a regular file":
         return None  # never open a FIFO or a device; load_image names the problem
     try:
-        with warnings.catch_warnings(), Image.open(path) as picture:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with open_picture(Path(path)) as picture:
             picture.seek(0)
             upright = ImageOps.exif_transpose(picture)
             if upright.mode not in ("RGBA", "LA", "PA", "La", "RGBa") and "transparency" not in upright.info:

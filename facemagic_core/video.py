@@ -48,7 +48,7 @@ from PIL import GifImagePlugin, Image, UnidentifiedImageError
 
 from .errors import BadInputError
 from .files import atomic_path, check_output_path
-from .images import check_images, rgb_uint8_to_tensor, tensor_to_rgb_uint8
+from .images import check_images, open_picture, rgb_uint8_to_tensor, tensor_to_rgb_uint8
 
 try:  # PyAV: H.264, sound, WebP/APNG animations
     import av as _av
@@ -101,10 +101,10 @@ class VideoInfo:
 def _frame_count(path: Path) -> int:
     """Frames of a WebP/PNG/APNG/GIF picture file (1 for a still), 0 when Pillow cannot read it."""
     try:
-        with Image.open(path) as picture:
+        with open_picture(path) as picture:
             return int(getattr(picture, "n_frames", 1))
-    except (UnidentifiedImageError, OSError, ValueError):
-        return 0
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return 0  # load_image then names the problem (a gigantic picture was a DecompressionBombError traceback)
 
 
 def is_animation(path: str | os.PathLike[str]) -> bool:

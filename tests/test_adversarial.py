@@ -1042,3 +1042,71 @@ def test_a_downloaded_onnx_records_its_external_data_list(fake_hub: FakeHub, tmp
     hub.ensure_model("yunet", tmp_path / "models")
     entry = json.loads((tmp_path / "models" / hub.LOCK_FILE_NAME).read_text())["files"]
     assert entry["face_detection_yunet_2023mar.onnx"]["external_data"] == ["weights.bin"]
+
+
+def test_a_gigantic_target_picture_is_one_line_not_a_pillow_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The animation check opened it first and let Pillow's DecompressionBombError out."""
+    target = _png_header(tmp_path / "big.png", 16000, 12000)
+    files = ["--source", str(photo(tmp_path / "s.png")), "--target", str(target), "-o", str(tmp_path / "o.png")]
+    code, _, err = run(["swap", *files, *OFFLINE, "--models", str(tmp_path / "m")], capsys)
+    assert "16000x12000 pixels (192 megapixels)" in one_error_line(code, err)
+
+
+def test_a_large_picture_under_the_limit_gives_no_pillow_warning(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    """Pictures between 89 and 179 megapixels printed Pillow's DecompressionBombWarning on stderr."""
+    with pytest.raises(BadInputError, match="cannot read the image"):
+        load_image(_png_header(tmp_path / "mid.png", 10000, 10000))  # accepted size, broken pixel data
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. Animations (the video lane's animation-aware reading and writing)
+
+
+def _noise_frames(count: int, side: int = 48) -> list[Image.Image]:
+    rng = np.random.default_rng(3)
+    return [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def test_an_animated_webp_target_is_a_video_not_a_still(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An animated WebP was swapped to a single still picture."""
+    frames = _noise_frames(3)
+    frames[0].save(tmp_path / "moving.webp", save_all=True, append_images=frames[1:], duration=100)
+    files = ["--source", str(photo(tmp_path / "s.png")), "--target", str(tmp_path / "moving.webp")]
+    code, _, err = run(
+        ["swap", *files, "-o", str(tmp_path / "o.png"), *OFFLINE, "--models", str(tmp_path / "m")], capsys
+    )
+    assert "the output must be a video too" in one_error_line(code, err)
+    from facemagic_core.video import read_video_info
+
+    assert read_video_info(tmp_path / "moving.webp").frame_count == 3
+
+
+def test_a_truncated_gif_is_named_not_read_as_fewer_frames(tmp_path: Path) -> None:
+    """A GIF cut short was read as fewer frames (with garbage), without a word."""
+    from facemagic_core.video import read_frames
+
+    frames = _noise_frames(6)
+    frames[0].save(tmp_path / "whole.gif", save_all=True, append_images=frames[1:], duration=100)
+    data = (tmp_path / "whole.gif").read_bytes()
+    (tmp_path / "cut.gif").write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(BadInputError, match=r"ends inside frame \d+"):
+        read_frames(tmp_path / "cut.gif")
+    assert read_frames(tmp_path / "whole.gif").shape[0] == 6
+
+
+def test_sigterm_while_writing_a_video_leaves_no_partial_file(tmp_path: Path) -> None:
+    from facemagic_core.video import write_video
+
+    def chunks() -> Iterator[torch.Tensor]:
+        yield torch.rand(2, 3, 32, 32)
+        os.kill(os.getpid(), signal.SIGTERM)
+        yield torch.rand(2, 3, 32, 32)
+
+    with pytest.raises(KeyboardInterrupt):
+        write_video(tmp_path / "out.gif", chunks(), 10.0)
+    assert list(tmp_path.iterdir()) == []
