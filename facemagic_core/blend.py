@@ -457,7 +457,7 @@ def paste_back(
     batch, size = int(crops.shape[0]), int(crops.shape[2])
     device = frames.device
     compute = torch.float64 if frames.dtype == torch.float64 else torch.float32
-    output = frames.detach().clone().contiguous()
+    output = frames.detach().clone()  # in the frames' own memory layout (channels-last frames stay so)
     frame_masks = torch.zeros((num_frames * height * width,), device=device, dtype=compute)
     if batch == 0:
         return output, frame_masks.reshape(num_frames, height, width).to(frames.dtype)
@@ -490,9 +490,14 @@ def paste_back(
         weight = warped[face, channels, :rows, :cols].clamp(0.0, 1.0)  # (h, w)
         colour = warped[face, :channels, :rows, :cols]  # (C, h, w)
         region = output[frame, :, y0:y1, x0:x1]  # a view into the output frame
-        original = region.to(compute)
-        blended = (original + weight * (colour - original)).to(frames.dtype)
-        region.copy_(torch.where(weight >= 1.0, colour.to(frames.dtype), torch.where(weight > 0, blended, region)))
+        if region.dtype == compute:
+            # One pass: lerp gives the frame's own values exactly where the weight is 0 and the crop's exactly
+            # where it is 1 (torch.lerp computes from the nearer end).
+            region.lerp_(colour, weight)
+        else:
+            original = region.to(compute)
+            blended = (original + weight * (colour - original)).to(frames.dtype)
+            region.copy_(torch.where(weight >= 1.0, colour.to(frames.dtype), torch.where(weight > 0, blended, region)))
         torch.maximum(planes[frame, y0:y1, x0:x1], weight, out=planes[frame, y0:y1, x0:x1])  # frame mask = max
     logger.debug("pasted %d faces into %d frames (regions up to %dx%d)", batch, num_frames, region_w, region_h)
     return output, frame_masks.reshape(num_frames, height, width).to(frames.dtype)

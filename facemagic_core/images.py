@@ -269,8 +269,13 @@ def _header_size(file: Path) -> tuple[int, int] | None:
 
 
 def rgb_uint8_to_tensor(rgb: npt.NDArray[np.uint8]) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 RGB array → ``(1, 3, H, W)`` float32 tensor in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    """``(H, W, 3)`` uint8 RGB array → ``(1, 3, H, W)`` float32 tensor in [0, 1].
+
+    Converted in the array's own pixel order (one pass over contiguous memory, several times faster than
+    converting a permuted view); the result is the channels-last view of it, which every torch operation
+    takes and which :func:`tensor_to_rgb_uint8` turns back into an array without another copy.
+    """
+    return torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0).permute(2, 0, 1).unsqueeze(0)
 
 
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -282,6 +287,12 @@ def _to_uint8(image: torch.Tensor) -> torch.Tensor:
 def tensor_to_rgb_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:
     """``(3, H, W)`` float tensor in [0, 1] → ``(H, W, 3)`` uint8 RGB array (on the CPU)."""
     return _to_uint8(image).permute(1, 2, 0).contiguous().numpy()
+
+
+def tensors_to_rgb_uint8(images: torch.Tensor) -> npt.NDArray[np.uint8]:
+    """``(N, 3, H, W)`` float tensors in [0, 1] → ``(N, H, W, 3)`` uint8 RGB arrays, converted on their device (no copy
+    for channels-last tensors, which :func:`rgb_uint8_to_tensor` makes)."""
+    return _to_uint8(images).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def tensor_to_bgr_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:

@@ -3,7 +3,7 @@
 Both sides swap the same frames with the same full-size inswapper-layout network (width 128, 128 px
 crops, 349 GFLOP per face; random weights, exported to ONNX in the public file's signature) at the
 same precision (fp32 on a CPU; fp16 on both sides on a GPU), from the same decoded uint8 frames to
-uint8 frames ready to encode.
+uint8 frames ready to encode (RGB for FaceMagic, as its decoder gives them; BGR for insightface).
 
 - **FaceMagic**: frames in chunks cross to the device once as uint8, are converted there, aligned,
   swapped (the generator loaded as ``facemagic swap`` loads it: on a CPU onnxruntime for uniform
@@ -319,13 +319,14 @@ class _TimedSession:
 def _pipeline_chunk(
     frames: list[npt.NDArray[np.uint8]], faces: list[list[Face]], identity: Identity, generator: Any, times: SideTimes
 ) -> npt.NDArray[np.uint8]:
-    """FaceMagic on one chunk: uint8 to the device once, align, swap, paste back, uint8 back to the host."""
+    """FaceMagic on one chunk of decoded RGB frames: uint8 to the device once, align, swap, paste back, uint8 back."""
+    from ..images import tensors_to_rgb_uint8
     from ..pipeline import align_target_faces, blend_swap, forward_swap
 
     device = generator.device
     t0 = time.perf_counter()
-    batch = torch.from_numpy(np.stack(frames)).to(device)  # (N, H, W, 3) uint8 BGR
-    images = batch.flip(-1).permute(0, 3, 1, 2).float().div_(255)
+    # As the command line converts its decoded RGB frames (images.rgb_uint8_to_tensor), but as uint8 to the device.
+    images = torch.from_numpy(np.stack(frames)).to(device).float().div_(255.0).permute(0, 3, 1, 2)
     _synchronize(device)
     t1 = time.perf_counter()
     aligned = align_target_faces(images, faces, generator, no_face="pass")
@@ -337,7 +338,7 @@ def _pipeline_chunk(
     pasted, _ = blend_swap(images, aligned, swapped)
     _synchronize(device)
     t4 = time.perf_counter()
-    out = pasted.mul_(255).round_().to(torch.uint8).flip(1).permute(0, 2, 3, 1).cpu().numpy()
+    out = tensors_to_rgb_uint8(pasted)
     t5 = time.perf_counter()
     times.convert += (t1 - t0) + (t5 - t4)
     times.align += t2 - t1
@@ -455,7 +456,9 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     say("warming up both sides on one chunk")
     warm = next(source_frames.chunks(0, config.chunk, config.chunk))
     warm_faces = detect(warm)
-    _pipeline_chunk(warm, warm_faces, identity, generator, SideTimes())
+    _pipeline_chunk(
+        [np.ascontiguousarray(frame[:, :, ::-1]) for frame in warm], warm_faces, identity, generator, SideTimes()
+    )
     _baseline_chunk(warm, warm_faces, source_face, swapper, SideTimes())
 
     result = BenchResult(
@@ -485,6 +488,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
             frames = next(frames_iter, None)
             if frames is None:
                 break
+            rgb = [np.ascontiguousarray(frame[:, :, ::-1]) for frame in frames]  # decoders give either order
             decoded = time.perf_counter()
             faces = detect(frames)
             decode += decoded - started
@@ -495,9 +499,10 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
                 times = ours if side == "ours" else theirs
                 before = _reset_peak(device)
                 if side == "ours":
-                    out = _pipeline_chunk(frames, faces, identity, generator, times)
+                    out = _pipeline_chunk(rgb, faces, identity, generator, times)
                     if result.pipeline_frame is None:
-                        result.pipeline_frame, result.source_frame = out[0].copy(), frames[0].copy()
+                        result.pipeline_frame = np.ascontiguousarray(out[0][:, :, ::-1])
+                        result.source_frame = frames[0].copy()
                 else:
                     pictures = _baseline_chunk(frames, faces, source_face, swapper, times)
                     if result.baseline_frame is None:
