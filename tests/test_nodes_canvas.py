@@ -122,3 +122,14 @@ def test_reports_go_to_the_canvas_as_preview_text(pack: ModuleType) -> None:
         "facemagic_similarity": [],
         "facemagic_pose": [{"faces": 1}],
     }
+
+
+def test_every_report_goes_through_text_ui(nodes: dict[str, Any]) -> None:
+    """The extension reads the report from {"text": [...]}: a node that sends its own key is shown nothing."""
+    import inspect
+
+    for node_id, cls in nodes.items():
+        source = inspect.getsource(cls.execute)
+        assert '"facemagic_text"' not in source, f"{node_id}: use text_ui(report) from nodes._comfy"
+        if "ui=" in source:
+            assert "text_ui(" in source, f"{node_id} sends a ui the extension does not read"
