@@ -139,4 +139,5 @@ export const RESULT_NODES = new Set([
   "FaceMagicSaveIdentity",
   "FaceMagicSwapFaces",
   "FaceMagicSwapQuality",
+  "FaceMagicSwapSeveralPeople",
 ]);

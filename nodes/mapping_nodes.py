@@ -16,8 +16,8 @@ from facemagic_core.pipeline import NO_FACE_POLICIES, SwapOptions, swap_faces
 from facemagic_core.tracking import DEFAULT_MAX_GAP, TrackingConfig
 from facemagic_core.types import FACE_ORDERS, Identity
 
-from ._comfy import io
-from .common import CATEGORY, analyzer_input, generator_input, identity_input
+from ._comfy import io, text_ui
+from .common import CATEGORY, SWAP_ALIASES, advanced, analyzer_input, generator_input, identity_input, node_schema
 from .memory import GeneratorHandle
 from .progress import comfy_errors, comfy_progress
 from .tensors import images_as_core_view, images_to_comfy, masks_to_comfy
@@ -86,8 +86,9 @@ class FaceMagicSwapSeveralPeople(io.ComfyNode):
             )
             for n in range(1, MAX_PEOPLE + 1)
         ]
-        return io.Schema(
+        return node_schema(
             node_id="FaceMagicSwapSeveralPeople",
+            search_aliases=(*SWAP_ALIASES, "multiple faces", "several people", "many faces", "group photo"),
             display_name="FaceMagic Swap Several People",
             category=CATEGORY,
             description="Swaps up to four people into one picture or video in one go: each identity goes to the faces "
@@ -122,6 +123,7 @@ class FaceMagicSwapSeveralPeople(io.ComfyNode):
                     step=0.01,
                     display_name="reference threshold",
                     tooltip="Smallest identity similarity a face needs to count as a reference's person.",
+                    **advanced(),
                 ),
                 io.Int.Input(
                     "track_gap",
@@ -131,6 +133,7 @@ class FaceMagicSwapSeveralPeople(io.ComfyNode):
                     display_name="track gap",
                     tooltip="Video: frames a followed face may be missed by the detector and still be swapped (its "
                     "place interpolated). 0 turns following off (each frame on its own).",
+                    **advanced(),
                 ),
                 io.Float.Input(
                     "strength",
@@ -138,6 +141,7 @@ class FaceMagicSwapSeveralPeople(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.01,
+                    display_mode=io.NumberDisplay.slider,
                     tooltip="How much of each identity is injected: 1 is the full swap.",
                 ),
                 io.Combo.Input(
@@ -221,7 +225,7 @@ class FaceMagicSwapSeveralPeople(io.ComfyNode):
             report += f"\n{len(result.frames_without_face)} frame(s) without a chosen face, left unchanged"
         logger.info("FaceMagic several people: %s", report.replace("\n", "; "))
         swapped = images_to_comfy(result.images, owned=True)
-        return io.NodeOutput(swapped, masks_to_comfy(result.masks), report)
+        return io.NodeOutput(swapped, masks_to_comfy(result.masks), report, ui=text_ui(report))
 
 
 NODES: list[type[io.ComfyNode]] = [FaceMagicSwapSeveralPeople]

@@ -29,6 +29,8 @@ EXPERT_INPUTS = {
     ("FaceMagicSwapFaces", "erosion"),
     ("FaceMagicSwapFaces", "feather"),
     ("FaceMagicSwapFaces", "smoothing"),
+    ("FaceMagicSwapSeveralPeople", "reference_threshold"),
+    ("FaceMagicSwapSeveralPeople", "track_gap"),
 }
 
 
@@ -48,7 +50,7 @@ def test_every_node_has_search_aliases_and_the_swap_nodes_answer_to_other_tools_
         assert schema.search_aliases, f"{node_id} has no search aliases"
         assert all(alias == alias.strip() and alias for alias in schema.search_aliases), node_id
         assert len(set(schema.search_aliases)) == len(schema.search_aliases), node_id
-    for node_id in ("FaceMagicSwap", "FaceMagicSwapFaces"):
+    for node_id in ("FaceMagicSwap", "FaceMagicSwapFaces", "FaceMagicSwapSeveralPeople"):
         assert {"face swap", "reactor", "inswapper", "roop"} <= set(schemas[node_id].search_aliases)
 
 
@@ -65,7 +67,7 @@ def test_expert_inputs_are_marked_advanced(nodes: dict[str, Any]) -> None:
 
 
 def test_strength_is_a_slider_from_0_to_1(nodes: dict[str, Any], pack: ModuleType) -> None:
-    for node_id in ("FaceMagicSwap", "FaceMagicSwapFaces"):
+    for node_id in ("FaceMagicSwap", "FaceMagicSwapFaces", "FaceMagicSwapSeveralPeople"):
         strength = next(item for item in nodes[node_id].GET_SCHEMA().inputs if item.id == "strength")
         assert strength.display_mode == "slider"
         assert (strength.min, strength.max, strength.default) == (0.0, 1.0, 1.0)
