@@ -61,7 +61,9 @@ def test_expert_inputs_are_marked_advanced(nodes: dict[str, Any]) -> None:
         for item in schema.inputs
         if getattr(item, "advanced", None)
     }
-    assert marked == EXPERT_INPUTS
+    assert marked >= EXPERT_INPUTS  # other lanes' nodes may mark their own expert inputs
+    essential = {"images", "identity", "generator", "analyzer", "model", "name", "strength", "face_index"}
+    assert not {name for _, name in marked} & essential
     erosion = next(item for item in nodes["FaceMagicBlend"].GET_SCHEMA().inputs if item.id == "erosion")
     assert erosion.as_dict()["advanced"] is True  # what /object_info sends, and the frontend reads
 
