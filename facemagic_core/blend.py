@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import cv2
@@ -432,6 +433,87 @@ def face_regions(matrices: torch.Tensor, size: int, height: int, width: int) -> 
     x1 = high[:, 0].clamp(0, width)
     y1 = high[:, 1].clamp(0, height)
     return torch.stack([x0, y0, x1, y1], dim=1).long()
+
+
+@dataclass(frozen=True, eq=False)
+class FaceCrops:
+    """Face crops in a crop space of their own, and where they came from in the frames.
+
+    What the restorer and the ``crops`` input of the Blend node hand back: ``images``
+    ``(F, 3, S, S)`` in [0, 1] and ``matrices`` ``(F, 2, 3)`` frame -> crop pixels, one per
+    face of a swap, in the swap's face order.
+    """
+
+    images: torch.Tensor  # (F, 3, S, S) float in [0, 1]
+    matrices: torch.Tensor  # (F, 2, 3) float32 frame -> crop
+    template: str  # the alignment the crops follow ("ffhq", "arcface", ...), for messages
+    label: str = "crops"  # what they are, for messages ("restored crops", "crops input")
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def num_faces(self) -> int:
+        return int(self.images.shape[0])
+
+    def to(self, device: torch.device | str) -> FaceCrops:
+        return FaceCrops(self.images.to(device), self.matrices.to(device), self.template, self.label)
+
+
+def compose_affine(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, 3)`` matrices that apply ``first`` and then ``then`` (``then ∘ first``), in float64 on the CPU."""
+    a = first.detach().to("cpu", torch.float64)
+    b = then.detach().to("cpu", torch.float64)
+    if a.ndim != 3 or a.shape[1:] != (2, 3) or b.shape != a.shape:
+        raise BadInputError(
+            f"expected two (B, 2, 3) matrix batches of one size, got {tuple(a.shape)} and {tuple(b.shape)}",
+            where="compose_affine",
+        )
+    linear = b[:, :, :2] @ a[:, :, :2]
+    translation = (b[:, :, :2] @ a[:, :, 2:]).squeeze(2) + b[:, :, 2]
+    return torch.cat([linear, translation.unsqueeze(2)], dim=2)
+
+
+def resize_matrices(matrices: torch.Tensor, from_size: int, to_size: int) -> torch.Tensor:
+    """Image -> crop matrices for the same crops resized from ``from_size`` to ``to_size`` pixels (float64, CPU).
+
+    A resize maps the crop's outer edges onto each other (pixel centres at integers, edges at
+    -0.5 and S - 0.5, as ``F.interpolate(align_corners=False)``, ``cv2.resize`` and PIL do):
+    ``x' = k (x + 0.5) - 0.5`` with ``k = to_size / from_size``.
+    """
+    if from_size < 1 or to_size < 1:
+        raise BadInputError(f"crop sizes must be positive, got {from_size} and {to_size}", where="resize_matrices")
+    k = to_size / from_size
+    scale = torch.tensor([[k, 0.0, 0.5 * k - 0.5], [0.0, k, 0.5 * k - 0.5]], dtype=torch.float64)
+    scales = scale.unsqueeze(0).expand(matrices.shape[0], 2, 3)
+    return compose_affine(matrices, scales)
+
+
+def warp_crops(crops: torch.Tensor, from_matrices: torch.Tensor, to_matrices: torch.Tensor, size: int) -> torch.Tensor:
+    """Crops ``(B, C, S, S)`` taken with ``from_matrices`` (image -> crop) as seen through ``to_matrices``.
+
+    Returns ``(B, C, size, size)`` on the crops' device and dtype; what the first crop does not
+    cover is 0 (bilinear sampling with a zero border, as :func:`align.warp_affine`).
+    """
+    crop_to_crop = compose_affine(invert_affine(from_matrices.detach().to("cpu", torch.float64)), to_matrices)
+    compute = torch.float64 if crops.dtype == torch.float64 else torch.float32
+    warped = warp_affine(crops.to(compute), crop_to_crop.to(device=crops.device, dtype=compute), (size, size))
+    return warped.to(crops.dtype)
+
+
+def crop_coverage(size: int, batch: int, *, feather: int, device: Device | None = None) -> torch.Tensor:
+    """``(B, 1, S, S)`` weights of a crop pasted over a wider view: 1 inside, a ``feather`` px ramp to 0 at the edge.
+
+    The ramp is linear in the distance to the nearest crop edge (0 on the outermost pixels), so
+    a swapped crop laid over its surroundings leaves no seam.
+    """
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    coords = torch.arange(size, device=target, dtype=torch.float32)
+    distance = torch.minimum(coords, size - 1 - coords)
+    ramp = (distance / max(int(feather), 1)).clamp(0.0, 1.0)
+    weights = torch.minimum(ramp[:, None], ramp[None, :])
+    return weights.expand(batch, 1, size, size).clone()
 
 
 def paste_back(

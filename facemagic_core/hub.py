@@ -53,7 +53,7 @@ from .types import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
-ModelKind = Literal["detector", "recognizer", "swapper", "pack"]
+ModelKind = Literal["detector", "recognizer", "swapper", "pack", "restorer", "occluder", "parser"]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 RepoType = Literal["model", "dataset"]
 ColourOrder = Literal["RGB", "BGR"]
@@ -348,6 +348,110 @@ MODELS: Mapping[str, ModelSpec] = _spec_table(
         ),
     ),
 )
+
+
+#: Face restorers, occluders and parsers (issue 8) as facefusion hosts them: its face_enhancer and face_masker
+#: model tables name these files in these repositories; facefusion's enhancers take 1x3xSxS RGB in [-1, 1]
+#: (CodeFormer also a float64 'weight', its fidelity), its XSeg 1x256x256x3 NHWC in [0, 1], its BiSeNet
+#: 1x3x512x512 ImageNet-normalised.
+FINISH_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        name="gfpgan_1.4",
+        kind="restorer",
+        repo_id="facefusion/models-3.0.0",
+        filename="gfpgan_1.4.onnx",
+        licence="Apache-2.0 (TencentARC GFPGAN; its StyleGAN2 parts come with NVIDIA's own terms)",
+        local_path="restorers/gfpgan_1.4.onnx",
+        input_size=512,
+        value_range=(-1.0, 1.0),
+        colour_order="RGB",
+        template="ffhq",
+        notes=f"GFPGAN v1.4 as an ONNX export; input 'input' 1x3x512x512; {_FACEFUSION_NOTE}",
+    ),
+    ModelSpec(
+        name="codeformer",
+        kind="restorer",
+        repo_id="facefusion/models-3.0.0",
+        filename="codeformer.onnx",
+        licence="S-Lab License 1.0: non-commercial use only (CodeFormer)",
+        local_path="restorers/codeformer.onnx",
+        input_size=512,
+        value_range=(-1.0, 1.0),
+        colour_order="RGB",
+        template="ffhq",
+        notes="inputs 'input' 1x3x512x512 and 'weight' (float64, shape (1,)): CodeFormer's fidelity w, 0 = most "
+        f"restoration, 1 = closest to the input face; {_FACEFUSION_NOTE}",
+    ),
+    *(
+        ModelSpec(
+            name=f"gpen_bfr_{size}",
+            kind="restorer",
+            repo_id="facefusion/models-3.0.0",
+            filename=f"gpen_bfr_{size}.onnx",
+            licence="academic and non-commercial use only (GPEN, (c) Alibaba 2021)",
+            local_path=f"restorers/gpen_bfr_{size}.onnx",
+            input_size=size,
+            value_range=(-1.0, 1.0),
+            colour_order="RGB",
+            template="ffhq",
+            notes=f"GPEN-BFR at {size} px (facefusion aligns it with its ffhq_512 template scaled to {size}); "
+            + _FACEFUSION_NOTE,
+        )
+        for size in (256, 512, 1024, 2048)
+    ),
+    ModelSpec(
+        name="restoreformer_plus_plus",
+        kind="restorer",
+        repo_id="facefusion/models-3.0.0",
+        filename="restoreformer_plus_plus.onnx",
+        licence=UNKNOWN_LICENCE + " (RestoreFormer++, wzhouxiff/RestoreFormerPlusPlus)",
+        local_path="restorers/restoreformer_plus_plus.onnx",
+        input_size=512,
+        value_range=(-1.0, 1.0),
+        colour_order="RGB",
+        template="ffhq",
+        notes=f"RestoreFormer++ as an ONNX export, input 1x3x512x512; {_FACEFUSION_NOTE}",
+    ),
+    *(
+        ModelSpec(
+            name=f"xseg_{number}",
+            kind="occluder",
+            repo_id=repo,
+            filename=f"xseg_{number}.onnx",
+            licence="GPL-3.0 (DeepFaceLab's XSeg; the terms of these trained weights are not stated upstream)",
+            local_path=f"masks/xseg_{number}.onnx",
+            input_size=256,
+            value_range=(0.0, 1.0),
+            colour_order="RGB",
+            template="ffhq",
+            notes="occlusion mask: input 1x256x256x3 NHWC in [0, 1], output 1x256x256x1 (1 = visible face); "
+            f"FaceMagic feeds FFHQ-aligned target crops; {_FACEFUSION_NOTE}",
+        )
+        for number, repo in (
+            (1, "facefusion/models-3.1.0"),
+            (2, "facefusion/models-3.1.0"),
+            (3, "facefusion/models-3.2.0"),
+        )
+    ),
+    *(
+        ModelSpec(
+            name=f"bisenet_resnet_{depth}",
+            kind="parser",
+            repo_id=repo,
+            filename=f"bisenet_resnet_{depth}.onnx",
+            licence="MIT (face-parsing.PyTorch, zllrunning)",
+            local_path=f"masks/bisenet_resnet_{depth}.onnx",
+            input_size=512,
+            value_range=(0.0, 1.0),
+            colour_order="RGB",
+            template="ffhq",
+            notes="face parsing: input 1x3x512x512 normalised with ImageNet's mean and std, output 19 CelebAMask-HQ "
+            f"class logits (0 background, 1 skin, ... 10 nose, 11 mouth, 12/13 lips, 17 hair); {_FACEFUSION_NOTE}",
+        )
+        for depth, repo in ((18, "facefusion/models-3.1.0"), (34, "facefusion/models-3.0.0"))
+    ),
+)
+MODELS = _spec_table(*MODELS.values(), *FINISH_MODELS)
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -56,23 +56,27 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .align import invert_affine, transform_points, warp_affine
+from .align import TemplateName, invert_affine, transform_points, warp_affine
 from .blend import (
     COLOUR_METHODS,
     MASK_KINDS,
     ColourMethod,
+    FaceCrops,
     MaskKind,
     create_face_mask,
+    crop_coverage,
     match_colour,
     paste_back,
     poisson_blend,
+    resize_matrices,
+    warp_crops,
 )
 from .errors import BadInputError, CancelledError, IncompatibleIdentityError, NoFaceError, OutOfMemoryError
 from .generators.base import SwapModel, SwapOutput, is_out_of_memory, swap_woven
@@ -81,6 +85,10 @@ from .mapping import FaceMapping
 from .pose import FAILURE_POLICIES, FailurePolicy, PoseReport, PoseThresholds, apply_pose_policy, check_pose
 from .tracking import FaceTracks, TrackedFace, TrackingConfig
 from .types import EMBEDDING_DIM, FACE_ORDERS, Face, FaceOrder, FloatArray, Identity, ProgressCallback
+
+if TYPE_CHECKING:
+    from .masks import FaceMaskSpec, FaceOccluder, FaceParser
+    from .restore import FaceRestorer
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +186,15 @@ def _check_fraction(value: object, name: str, high: float = 1.0) -> None:
 
 
 @dataclass(frozen=True, eq=False)
+class FinishingModels:
+    """The models of the finishing stages (:mod:`facemagic_core.restore`, :mod:`facemagic_core.masks`), loaded once."""
+
+    restorer: FaceRestorer | None = None  # restores the swapped faces in crop space before paste-back
+    occluder: FaceOccluder | None = None  # XSeg, for SwapOptions.face_masks.occlusion
+    parser: FaceParser | None = None  # BiSeNet, for SwapOptions.face_masks.regions
+
+
+@dataclass(frozen=True, eq=False)
 class SwapOptions:
     """Everything :func:`swap_faces` can be told, with the defaults a newcomer gets."""
 
@@ -199,6 +216,10 @@ class SwapOptions:
     pose_policy: FailurePolicy = "keep"  # a face failing the pose check: keep the swap, or the original face
     no_face: NoFacePolicy = "error"  # a frame without the face asked for: raise NoFaceError, or pass it through
     chunk_size: int = DEFAULT_CHUNK_SIZE  # frames aligned, swapped and pasted at once (halved on out-of-memory)
+    restore_weight: float = 1.0  # with finishing.restorer: visibility of the restored face, 0 (none) to 1 (all)
+    restore_fidelity: float = 0.5  # CodeFormer's fidelity w: 0 restores the most, 1 stays closest to the swap
+    face_masks: FaceMaskSpec | None = None  # occlusion / region / landmark-area masks (models in finishing)
+    finishing: FinishingModels | None = None  # the restorer, occluder and parser the finishing stages run
     mapping: FaceMapping | None = None  # which identity goes to which face; replaces face_order..min_similarity
     tracking: TrackingConfig | None = None  # link faces across frames and fill in missed detections (videos)
 
@@ -237,6 +258,21 @@ class SwapOptions:
         for amount in strengths:
             _check_fraction(amount, "strength")
         _check_fraction(self.erosion, "erosion", 0.5)
+        _check_fraction(self.restore_weight, "restore weight")
+        _check_fraction(self.restore_fidelity, "restore fidelity")
+        spec, models = self.face_masks, self.finishing
+        if spec is not None and spec.occlusion and (models is None or models.occluder is None):
+            raise BadInputError(
+                "the occlusion mask needs an occluder model",
+                where="swap options",
+                fix="pass finishing=FinishingModels(occluder=...) (xseg_1)",
+            )
+        if spec is not None and spec.regions and (models is None or models.parser is None):
+            raise BadInputError(
+                "the region mask needs a face parser",
+                where="swap options",
+                fix="pass finishing=FinishingModels(parser=...) (bisenet_resnet_34)",
+            )
         _check_fraction(self.feather, "feather", 1.0)
         if isinstance(self.weave, bool) or not isinstance(self.weave, int) or not 1 <= self.weave <= MAX_WEAVE:
             raise BadInputError(f"weave must be a whole number from 1 to {MAX_WEAVE}, got {self.weave!r}")
@@ -875,6 +911,118 @@ def check_swap_pose(
 
 
 # ---------------------------------------------------------------------------------------------
+# 6a. Crops that go out and come back (restorers, any IMAGE node)
+
+#: Side of the thumbnails that recognise crops coming back (count and order checks).
+THUMBNAIL_SIZE = 24
+#: A crop coming back is taken for another face when it correlates with that face's thumbnail better by this much.
+ORDER_MARGIN = 0.15
+
+
+def realign_swap(
+    frames: Tensor, batch: SwapBatch, swapped: SwapOutput | Tensor, *, template: TemplateName = "ffhq", size: int = 512
+) -> FaceCrops:
+    """The swapped faces re-aligned to ``template`` at ``size`` px, in their target surroundings.
+
+    Each crop samples the target frame through its new ``frame -> crop`` matrix (fitted to the
+    same ``alignment_landmarks`` as the generator's crop) and lays the swapped crop over it,
+    its outer ``C / 16`` pixels faded in so that no seam shows. This is what face restorers
+    expect (FFHQ alignment, 512 px for GFPGAN and CodeFormer); :func:`blend_swap` maps such
+    crops back with ``finished=``.
+    """
+    from .align import estimate_similarity, face_template
+
+    _check_frames(frames, where="frames to re-align")
+    crops = swapped.images if isinstance(swapped, SwapOutput) else swapped
+    if crops.shape != batch.crops.shape:
+        raise BadInputError(
+            f"swapped crops {tuple(crops.shape)} do not match the batch's {tuple(batch.crops.shape)}",
+            where="realign_swap",
+        )
+    device = batch.crops.device
+    count = batch.num_faces
+    if count == 0:
+        return FaceCrops(
+            torch.zeros((0, 3, size, size), device=device), torch.zeros((0, 2, 3), device=device), str(template)
+        )
+    points = face_template(template, size)
+    landmarks = torch.from_numpy(batch.alignment_landmarks.astype(np.float64))
+    matrices = estimate_similarity(landmarks, points).to(device=device, dtype=torch.float32)
+    work = frames.to(device=device, dtype=torch.float32)
+    context = warp_affine(work, matrices, (size, size), image_index=batch.image_index)
+    cover = crop_coverage(batch.crop_size, count, feather=max(2, batch.crop_size // 16), device=device)
+    stacked = torch.cat([crops.to(device=device, dtype=torch.float32), cover], dim=1)
+    moved = warp_crops(stacked, batch.matrices, matrices, size)
+    face, weight = moved[:, :3], moved[:, 3:].clamp(0.0, 1.0)
+    images = (context + weight * (face - context)).clamp(0.0, 1.0)
+    return FaceCrops(images, matrices, str(template), label=f"{template} crops")
+
+
+def crop_thumbnails(crops: Tensor) -> Tensor:
+    """``(B, T*T)`` zero-mean, unit-norm grey thumbnails of ``(B, 3, S, S)`` crops (for matching crops coming back)."""
+    grey = crops.detach().float().mean(dim=1, keepdim=True)
+    small = F.interpolate(grey, size=(THUMBNAIL_SIZE, THUMBNAIL_SIZE), mode="area").flatten(1)
+    small = small - small.mean(dim=1, keepdim=True)
+    return F.normalize(small, dim=1).cpu()
+
+
+def crops_from_image(
+    given: Tensor,
+    matrices: Tensor,
+    size: int,
+    *,
+    template: str = "arcface",
+    thumbnails: Tensor | None = None,
+) -> FaceCrops:
+    """Crops ``(F, 3, S', S')`` of any size that came back from other nodes, mapped like the crops that went out.
+
+    ``matrices`` ``(F, 2, 3)`` and ``size`` describe what went out (frame -> crop, ``size`` px);
+    a crop resized to ``S'`` px gets the matrices of :func:`blend.resize_matrices`. Raises
+    :class:`BadInputError` when the count differs, the crops are not square, or (with
+    ``thumbnails`` of what went out, :func:`crop_thumbnails`) a crop looks clearly more like
+    another face than its own: the order was changed on the way.
+    """
+    count = int(matrices.shape[0])
+    if not isinstance(given, Tensor) or given.ndim != 4 or given.shape[1] != 3:
+        got = tuple(given.shape) if isinstance(given, Tensor) else type(given).__name__
+        raise BadInputError(f"expected crops (F, 3, S, S), got {got}", where="crops input")
+    if int(given.shape[0]) != count:
+        raise BadInputError(
+            f"{int(given.shape[0])} crop(s) came in for the {count} face(s) of this swap",
+            where="crops input",
+            fix="connect the crops output of the node that gave this swap (one crop per face, in the same order), "
+            "through nodes that keep the batch as it is",
+        )
+    if given.shape[2] != given.shape[3]:
+        raise BadInputError(
+            f"the crops are {int(given.shape[3])}x{int(given.shape[2])}, not square",
+            where="crops input",
+            fix="use nodes that keep the crops square (restorers and upscalers do); do not crop or pad them",
+        )
+    if not given.is_floating_point() or not bool(torch.isfinite(given).all()):
+        raise BadInputError("the crops must be finite float values in [0, 1]", where="crops input")
+    images = given.float().clamp(0.0, 1.0)
+    if thumbnails is not None and count > 1:
+        similarity = crop_thumbnails(images) @ thumbnails.T  # (F, F) correlation
+        own = similarity.diagonal()
+        best, which = similarity.max(dim=1)
+        moved = [
+            (face, int(which[face])) for face in range(count) if float(best[face]) > float(own[face]) + ORDER_MARGIN
+        ]
+        if moved:
+            described = ", ".join(f"crop {face + 1} looks like face {other + 1}" for face, other in moved[:5])
+            raise BadInputError(
+                f"the crops are not in the order of the faces ({described})",
+                where="crops input",
+                fix="keep the batch order between the crops output and Blend (no sorting, reversing or batch "
+                "picking nodes in between)",
+            )
+    device = matrices.device
+    mapped = resize_matrices(matrices, int(size), int(images.shape[-1])).to(device=device, dtype=torch.float32)
+    return FaceCrops(images.to(device), mapped, template, "crops")
+
+
+# ---------------------------------------------------------------------------------------------
 # 6. Blending
 
 
@@ -911,16 +1059,21 @@ def blend_swap(
     colour: ColourMethod = "none",
     poisson: bool = False,
     keep_faces: Tensor | Sequence[bool] | None = None,
+    finished: FaceCrops | None = None,
+    crop_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Paste the swapped crops back into (copies of) the frames: returns ``(frames, masks (N, H, W))``.
 
     The face mask (``mask`` kind with ``erosion`` and ``feather``, in crop space) is combined
-    by minimum with the generator's own soft mask (when it has one and ``generator_mask``)
-    and with ``external_mask`` (frame space, ``(N, H, W)``, e.g. an occlusion mask; it is
-    warped into each crop). ``colour`` matches the swapped face's colours to the target
-    crop. ``keep_faces`` ``(F,)`` leaves out faces marked False (their frame pixels stay
-    exactly as they were). Outside the final mask, output pixels equal the input's bit for
-    bit. Runs on the batch's device; returns the frames' dtype and device.
+    by minimum with the generator's own soft mask (when it has one and ``generator_mask``),
+    with ``crop_mask`` ``(F, 1, C, C)`` (occlusion, region and landmark-area masks made by
+    :func:`masks.create_finish_masks`) and with ``external_mask`` (frame space, ``(N, H, W)``,
+    the limit mask; it is warped into each crop, and where it is 0 the frame stays exact). ``colour`` matches the
+    swapped face's colours to the target crop. ``keep_faces`` ``(F,)`` leaves out faces marked False (their frame
+    pixels stay exactly as they were). ``finished`` (restored crops, or crops that came back from other nodes, in a
+    crop space of their own) is pasted instead of the swapped crops: the mask is built in the swapped crops' space
+    as always and warped into theirs. Outside the final mask, output pixels equal the input's bit for bit. Runs on
+    the batch's device; returns the frames' dtype and device.
     """
     _check_frames(frames, where="frames to blend")
     if frames.shape[0] != batch.num_frames or tuple(frames.shape[2:]) != batch.frame_size:
@@ -960,16 +1113,42 @@ def blend_swap(
     )
     if own_mask is not None and count:
         face_masks = torch.minimum(face_masks, own_mask.to(device=device, dtype=face_masks.dtype).clamp(0, 1))
+    if crop_mask is not None and count:
+        if not isinstance(crop_mask, Tensor) or tuple(crop_mask.shape) != (count, 1, size, size):
+            got = tuple(crop_mask.shape) if isinstance(crop_mask, Tensor) else type(crop_mask).__name__
+            raise BadInputError(
+                f"the crop mask must be ({count}, 1, {size}, {size}), got {got}",
+                where="blend_swap",
+                fix="make it with masks.create_finish_masks for this batch",
+            )
+        face_masks = torch.minimum(face_masks, crop_mask.to(device=device, dtype=face_masks.dtype).clamp(0, 1))
     if keep_faces is not None and count:
         keep = torch.as_tensor(keep_faces, dtype=torch.bool, device=device).reshape(-1)
         if keep.numel() != count:
             raise BadInputError(f"keep_faces has {keep.numel()} values for {count} faces", where="blend_swap")
         face_masks = face_masks * keep.to(face_masks.dtype)[:, None, None, None]
     pasted = crops.to(device=device, dtype=torch.float32)
+    matrices, reference = batch.matrices, batch.crops
+    if finished is not None:
+        if finished.num_faces != count:
+            raise BadInputError(
+                f"{finished.num_faces} {finished.label} for the {count} face(s) of this swap", where="blend_swap"
+            )
+        matrices = finished.matrices.to(device=device, dtype=torch.float32)
+        pasted = finished.images.to(device=device, dtype=torch.float32)
+        if count:
+            face_masks = warp_crops(face_masks, batch.matrices, matrices, finished.size).clamp(0.0, 1.0)
+            reference = warp_affine(work, matrices, (finished.size, finished.size), image_index=batch.image_index)
     if colour != "none" and count:
-        pasted = match_colour(pasted, batch.crops, face_masks, colour)
+        pasted = match_colour(pasted, reference, face_masks, colour)
     blend = poisson_blend if poisson else paste_back
-    output, masks = blend(work, pasted, face_masks, batch.matrices, batch.image_index)
+    output, masks = blend(work, pasted, face_masks, matrices, batch.image_index)
+    if external_mask is not None and count:
+        # Warping the limit into a crop and back blurs its edge by a pixel: where it is 0 in the frame, the
+        # frame's own pixels are kept exactly, and the frame mask never exceeds it.
+        limit = external_mask.reshape(-1, *batch.frame_size).to(device=device, dtype=masks.dtype).clamp(0, 1)
+        masks = torch.minimum(masks, limit)
+        output = torch.where((limit <= 0).unsqueeze(1), work, output)
     if frames.dtype != torch.float32:
         # Cast back only what changed, so unchanged pixels keep their exact input values.
         changed = masks > 0
@@ -1004,6 +1183,14 @@ def _swap_aligned(
     """Alignment to paste-back for frames whose faces are chosen (and smoothed) already."""
     batch = align_target_faces(frames, faces_per_frame, generator, weave=options.weave, no_face="pass")
     swapped = forward_swap(batch, generator, identities, options.strength, identity_index=identity_index)
+    models = options.finishing or FinishingModels()
+    crop_mask = finished = None
+    if options.face_masks is not None:
+        from .masks import create_finish_masks
+
+        crop_mask = create_finish_masks(
+            frames, batch, options.face_masks, occluder=models.occluder, parser=models.parser
+        )
     keep = None
     reports: tuple[PoseReport, ...] = ()
     targets = results = None
@@ -1012,6 +1199,12 @@ def _swap_aligned(
         swapped = SwapOutput(images=pose.crops, mask=swapped.mask)
         keep, reports = pose.keep_faces, pose.reports
         targets, results = pose.target_landmarks, pose.result_landmarks
+    if models.restorer is not None:
+        from .restore import restore_swap
+
+        finished = restore_swap(
+            frames, batch, swapped, models.restorer, weight=options.restore_weight, fidelity=options.restore_fidelity
+        )
     images, masks = blend_swap(
         frames,
         batch,
@@ -1024,8 +1217,17 @@ def _swap_aligned(
         colour=options.colour,
         poisson=options.poisson,
         keep_faces=keep,
+        finished=finished,
+        crop_mask=crop_mask,
     )
     return _ChunkResult(images, masks, reports, targets, results)
+
+
+def _needs_dense(options: SwapOptions, analyzer: Analyzer) -> bool:
+    """68/106-point landmarks: for the hull mask, and for landmark-area masks when the analyzer has them."""
+    spec = options.face_masks
+    areas = spec is not None and bool(spec.areas or spec.keep) and bool(analyzer.has_dense_landmarks)
+    return options.mask == "hull" or areas
 
 
 def _with_frame(report: PoseReport, frame: int) -> PoseReport:
@@ -1169,7 +1371,7 @@ def swap_stream(
     """
     mapping = _stream_mapping(options, identities)
     tracks = FaceTracks(mapping, options.tracking) if options.tracking is not None else None
-    dense = options.mask == "hull"
+    dense = _needs_dense(options, analyzer)
     pending: deque[Tensor] = deque()
     detected: deque[int] = deque()
     budget = [options.chunk_size]
@@ -1410,7 +1612,7 @@ def swap_faces(
             index=options.face_index,
             reference=options.reference,
             min_similarity=options.min_similarity,
-            dense_landmarks=options.mask == "hull",
+            dense_landmarks=_needs_dense(options, analyzer),
         )
         missing = [frame for frame, faces in enumerate(chosen) if not faces]
         if missing and options.no_face == "error":

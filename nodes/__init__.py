@@ -17,7 +17,7 @@ from .model_folder import register_model_folder
 logger = logging.getLogger(__name__)
 
 #: Node modules, in menu order. Each defines NODES, a list of node classes.
-NODE_MODULES = ("loader_nodes", "identity_nodes", "swap_nodes", "mapping_nodes", "quality_nodes")
+NODE_MODULES = ("loader_nodes", "identity_nodes", "swap_nodes", "mapping_nodes", "quality_nodes", "finish_nodes")
 
 #: "ExceptionType: message" for every node module that failed to import ("swap_nodes") and every node whose
 #: schema could not be built ("swap_nodes.FaceMagicBlend").

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from facemagic_core.analysis import FaceAnalyzer
-from facemagic_core.blend import COLOUR_METHODS, MASK_KINDS
+from facemagic_core.blend import COLOUR_METHODS, MASK_KINDS, FaceCrops
 from facemagic_core.errors import BadInputError
 from facemagic_core.generators.base import SwapOutput
 from facemagic_core.mapping import DEFAULT_REFERENCE_THRESHOLD
@@ -34,8 +34,11 @@ from facemagic_core.pipeline import (
     blend_swap,
     check_recognisers,
     check_swap_pose,
+    crop_thumbnails,
+    crops_from_image,
     forward_swap,
     prepare_swap,
+    realign_swap,
     swap_faces,
 )
 from facemagic_core.pose import FAILURE_POLICIES, PoseReport, PoseThresholds, draw_pose_overlay, format_pose_report
@@ -73,6 +76,21 @@ class SwapChunk:
     batch: SwapBatch  # aligned target crops, frame -> crop matrices, faces (frame numbers within the chunk)
     swapped: SwapOutput  # the generator's crops (and soft mask)
     pose: PoseCheck | None = None  # set by the pose check
+    finished: FaceCrops | None = None  # restored crops (FaceMagic Restore Faces), pasted instead of the swapped ones
+
+
+#: What the Swap node's crops output holds: the generator's own crops, or the swapped faces re-aligned for restorers.
+CROP_OUTPUTS = ("generator", "ffhq_512")
+
+
+@dataclass(frozen=True, eq=False)
+class CropsOut:
+    """What the crops IMAGE output of the node that gave a swap holds, so that Blend can map such crops back."""
+
+    matrices: torch.Tensor  # (F, 2, 3) frame -> crop of every face (CPU, float32), in face order
+    size: int  # crop side in pixels
+    template: str  # alignment of the crops
+    thumbnails: torch.Tensor  # (F, T*T) of the crops as they went out (pipeline.crop_thumbnails): order check
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +102,7 @@ class SwapData:
     analyzer: FaceAnalyzer  # the analyzer that found the faces (the pose check measures with it too)
     device: torch.device  # where the generator ran; later stages run there
     generator_name: str
+    crops_out: CropsOut | None = None  # what the crops output of the node that gave this swap holds
 
     @property
     def num_frames(self) -> int:
@@ -132,11 +151,44 @@ def _on(output: SwapOutput, device: torch.device) -> SwapOutput:
 
 def swapped_crops_image(data: SwapData) -> torch.Tensor:
     """All swapped crops as a ComfyUI IMAGE (one black crop when no face was swapped)."""
-    crops = [chunk.swapped.images for chunk in data.chunks if chunk.batch.num_faces]
+    size = data.chunks[0].batch.crop_size if data.chunks else 64
+    return crops_as_image([chunk.swapped.images for chunk in data.chunks], size)
+
+
+def crops_as_image(parts: list[torch.Tensor], size: int) -> torch.Tensor:
+    """Crops ``(F, 3, S, S)`` of every chunk as one ComfyUI IMAGE (one black crop when there are none)."""
+    crops = [part for part in parts if part.shape[0]]
     if not crops:
-        size = data.chunks[0].batch.crop_size if data.chunks else 64
         return torch.zeros((1, size, size, 3))
     return images_to_comfy(torch.cat(crops))
+
+
+def crops_out_of(matrices: list[torch.Tensor], image: torch.Tensor, template: str, data: SwapData) -> CropsOut:
+    """The :class:`CropsOut` of a crops IMAGE (``image``, BHWC) made from the chunks' crops with these matrices."""
+    stacked = torch.cat([m.cpu() for m in matrices]) if matrices else torch.zeros((0, 2, 3))
+    faces = data.num_faces
+    thumbnails = crop_thumbnails(image[:faces].permute(0, 3, 1, 2)) if faces else torch.zeros((0, 1))
+    return CropsOut(matrices=stacked.float(), size=int(image.shape[1]), template=template, thumbnails=thumbnails)
+
+
+def crops_coming_back(data: SwapData, crops: torch.Tensor) -> list[FaceCrops | None]:
+    """Crops given to Blend (ComfyUI IMAGE, any size), mapped back and split per chunk (None: nothing to paste)."""
+    if data.num_faces == 0:
+        return [None] * len(data.chunks)
+    if data.crops_out is None:
+        raise BadInputError(
+            "this swap does not say what its crops are", where="crops input", fix="run the swap with FaceMagic Swap"
+        )
+    given = images_to_core(as_image_batch(crops, where="crops input"), where="crops input")
+    out = data.crops_out
+    mapped = crops_from_image(given, out.matrices, out.size, template=out.template, thumbnails=out.thumbnails)
+    parts: list[FaceCrops | None] = []
+    first = 0
+    for chunk in data.chunks:
+        last = first + chunk.batch.num_faces
+        parts.append(FaceCrops(mapped.images[first:last], mapped.matrices[first:last], out.template, "crops input"))
+        first = last
+    return parts
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -313,11 +365,24 @@ class FaceMagicSwap(io.ComfyNode):
                 _no_face_input(),
                 _reference_input(),
                 _reference_threshold_input(),
+                io.Combo.Input(
+                    "crop_output",
+                    options=list(CROP_OUTPUTS),
+                    default="generator",
+                    optional=True,
+                    display_name="crops output",
+                    tooltip="What the swapped crops output holds: generator, the crops as the model made them; "
+                    "ffhq_512, the swapped faces re-aligned at 512 px the way face restorers (GFPGAN, CodeFormer) "
+                    "expect. Either can go through any IMAGE node into Blend's crops input.",
+                ),
             ],
             outputs=[
                 Swap.Output("swap", display_name="swap", tooltip="The swapped faces, for Pose Check or Blend."),
                 io.Image.Output(
-                    "crops", display_name="swapped crops", tooltip="The swapped faces as aligned square crops."
+                    "crops",
+                    display_name="swapped crops",
+                    tooltip="The swapped faces as aligned square crops, one per face in order (see crops output); "
+                    "edit them with any IMAGE node and give them to Blend's crops input.",
                 ),
             ],
         )
@@ -337,6 +402,7 @@ class FaceMagicSwap(io.ComfyNode):
         no_face: str,
         reference: Identity | None = None,
         reference_threshold: float | None = None,
+        crop_output: str | None = None,
     ) -> io.NodeOutput:
         images = as_image_batch(images, where="target images")
         total = int(images.shape[0])
@@ -344,6 +410,7 @@ class FaceMagicSwap(io.ComfyNode):
         tracker = FaceTracker(SmoothingConfig.with_strength(smoothing)) if smoothing > 0 else None
         progress = comfy_progress(total, what="swap")
         chunks: list[SwapChunk] = []
+        realigned: list[FaceCrops] = []
         with comfy_errors():
             model = generator.ready()
             check_recognisers(analyzer, model, where="FaceMagic Swap")
@@ -363,6 +430,8 @@ class FaceMagicSwap(io.ComfyNode):
                     total_frames=total,
                 )
                 swapped = forward_swap(batch, model, identity, float(strength))
+                if crop_output == "ffhq_512":
+                    realigned.append(realign_swap(part, batch, swapped, template="ffhq", size=512).to("cpu"))
                 chunks.append(
                     SwapChunk(start=start, batch=_to_cpu_batch(batch), swapped=_on(swapped, torch.device("cpu")))
                 )
@@ -370,6 +439,15 @@ class FaceMagicSwap(io.ComfyNode):
         data = SwapData(
             images=images, chunks=tuple(chunks), analyzer=analyzer, device=model.device, generator_name=generator.name
         )
+        if crop_output == "ffhq_512":
+            crops_image = crops_as_image([crop.images for crop in realigned], 512)
+            data = dataclasses.replace(
+                data, crops_out=crops_out_of([crop.matrices for crop in realigned], crops_image, "ffhq", data)
+            )
+        else:
+            crops_image = swapped_crops_image(data)
+            matrices = [chunk.batch.matrices for chunk in data.chunks]
+            data = dataclasses.replace(data, crops_out=crops_out_of(matrices, crops_image, "arcface", data))
         logger.info(
             "FaceMagic swap: %d face(s) in %d frame(s) with %s; %d frame(s) without the face asked for",
             data.num_faces,
@@ -377,7 +455,7 @@ class FaceMagicSwap(io.ComfyNode):
             generator.name,
             len(data.frames_without_face),
         )
-        return io.NodeOutput(data, swapped_crops_image(data))
+        return io.NodeOutput(data, crops_image)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -533,6 +611,14 @@ class FaceMagicBlend(io.ComfyNode):
                     "frames): the face only changes where it is 1, e.g. an occlusion mask that keeps hands or glasses "
                     "in front of the face.",
                 ),
+                io.Image.Input(
+                    "crops",
+                    optional=True,
+                    display_name="crops",
+                    tooltip="Optional: the crops output of the node that gave this swap (Swap or Restore Faces), after "
+                    "any IMAGE node (restorer, upscaler, detailer): one crop per face, in the same order, square, any "
+                    "size. They are pasted instead of the swapped faces, each mapped back onto its face.",
+                ),
             ],
             outputs=[
                 io.Image.Output("images", display_name="images", tooltip="The frames with the swapped faces."),
@@ -551,6 +637,7 @@ class FaceMagicBlend(io.ComfyNode):
         generator_mask: bool,
         poisson: bool,
         mask_input: torch.Tensor | None = None,
+        crops: torch.Tensor | None = None,
     ) -> io.NodeOutput:
         frame_size = (int(swap.images.shape[1]), int(swap.images.shape[2]))
         limit = masks_to_core(mask_input, size=frame_size, where="limit mask") if mask_input is not None else None
@@ -564,8 +651,10 @@ class FaceMagicBlend(io.ComfyNode):
         images = torch.empty((*swap.images.shape[:3], 3), dtype=torch.float32)
         masks = torch.empty(tuple(swap.images.shape[:3]), dtype=torch.float32)
         with comfy_errors():
+            coming_back = crops_coming_back(swap, crops) if crops is not None else None
             for number, chunk in enumerate(swap.chunks):
                 stop = chunk.start + chunk.batch.num_frames
+                finished = coming_back[number] if coming_back is not None else chunk.finished
                 frames = swap.frames(chunk.start, stop).to(swap.device)
                 external = None
                 if limit is not None:
@@ -583,6 +672,7 @@ class FaceMagicBlend(io.ComfyNode):
                     colour=colour,  # type: ignore[arg-type]
                     poisson=bool(poisson),
                     keep_faces=chunk.pose.keep_faces.to(swap.device) if chunk.pose is not None else None,
+                    finished=finished.to(swap.device) if finished is not None else None,
                 )
                 images[chunk.start : stop] = images_to_comfy(blended)
                 masks[chunk.start : stop] = masks_to_comfy(changed)

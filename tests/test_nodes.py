@@ -41,6 +41,10 @@ CORE_NODE_IDS = {
     "FaceMagicFaceSimilarity",
     "FaceMagicSwapSeveralPeople",
     "FaceMagicSwapQuality",
+    "FaceMagicRestorerLoader",
+    "FaceMagicMaskModelLoader",
+    "FaceMagicRestoreFaces",
+    "FaceMagicFaceMask",
 }
 
 
@@ -86,7 +90,13 @@ def test_execute_parameters_match_the_declared_inputs(nodes: dict[str, Any]) -> 
 
 def test_custom_sockets_are_the_four_facemagic_types(nodes: dict[str, Any], pack: ModuleType) -> None:
     sockets = pack.nodes.sockets
-    assert sockets.SOCKET_TYPES == ("FACEMAGIC_ANALYZER", "FACEMAGIC_GENERATOR", "FACEMAGIC_IDENTITY", "FACEMAGIC_SWAP")
+    assert sockets.SOCKET_TYPES[:4] == (
+        "FACEMAGIC_ANALYZER",
+        "FACEMAGIC_GENERATOR",
+        "FACEMAGIC_IDENTITY",
+        "FACEMAGIC_SWAP",
+    )
+    assert sockets.SOCKET_TYPES[4:] == ("FACEMAGIC_RESTORER", "FACEMAGIC_MASK_MODEL")
     used = set()
     for cls in nodes.values():
         schema = cls.GET_SCHEMA()

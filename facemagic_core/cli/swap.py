@@ -15,10 +15,12 @@ from ..errors import BadInputError
 from ..files import check_input_file, check_output_path, check_outputs_not_inputs
 from ..identity import IDENTITY_SUFFIX, extract_identity, load_identity, mix_coarse_fine
 from ..images import ALPHA_SUFFIXES, MIN_IMAGE_SIDE, check_image_file, load_alpha, load_image, save_image
+from ..masks import OCCLUDER_NAMES, PARSER_NAMES, FaceMaskSpec
 from ..pipeline import (
     DEFAULT_CHUNK_SIZE,
     MAX_WEAVE,
     NO_FACE_POLICIES,
+    FinishingModels,
     NoFacePolicy,
     SmoothingConfig,
     SwapOptions,
@@ -27,6 +29,7 @@ from ..pipeline import (
     swap_video,
 )
 from ..pose import FAILURE_POLICIES, PoseReport, PoseThresholds, draw_pose_overlay, format_pose_report
+from ..restore import RESTORER_NAMES
 from ..types import FACE_ORDERS, Identity
 from ..video import WRITABLE_VIDEO_SUFFIXES, is_video_path, read_video_info
 from . import add_model_options
@@ -69,6 +72,20 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value}")
     return value
+
+
+def _mask_items(text: str) -> tuple[str, str]:
+    """``--mask``: the shape kind (at most one of MASK_KINDS, default ellipse) and the finishing masks as text."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    shapes = [item for item in items if item in MASK_KINDS]
+    if len(shapes) > 1:
+        raise argparse.ArgumentTypeError(f"give one mask shape ({', '.join(MASK_KINDS)}), got {', '.join(shapes)}")
+    rest = ",".join(item for item in items if item not in MASK_KINDS)
+    try:
+        FaceMaskSpec.parse(rest)
+    except BadInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return (shapes[0] if shapes else "ellipse"), rest
 
 
 def _mix_item(text: str) -> tuple[str, Path]:
@@ -224,10 +241,51 @@ def register(subparsers: Any) -> None:
     )
     how.add_argument(
         "--mask",
-        choices=MASK_KINDS,
-        default="ellipse",
-        help="shape of the pasted area: ellipse, box, or hull (the face outline; needs the insightface "
-        "detector's landmark models) (default: %(default)s)",
+        type=_mask_items,
+        default=("ellipse", ""),
+        metavar="KIND[,KIND...]",
+        help="where the new face may show, comma-separated, combined by minimum: a shape (ellipse, box, or hull, "
+        "the face outline from the insightface detector's landmarks; default ellipse), occlusion (keeps hands, "
+        "glasses, microphones in front of the face: XSeg, see --occlusion-model), region:NAME+NAME (only these "
+        "parsed regions: skin, brows, eyes, glasses, nose, mouth, lips, ...; BiSeNet, see --parser-model), or a "
+        "landmark area (mouth, eyes, lower_face); e.g. --mask ellipse,occlusion,region:skin+nose",
+    )
+    how.add_argument(
+        "--keep-mouth",
+        action="store_true",
+        help="keep the target's own mouth (speech, teeth) inside the swapped face",
+    )
+    how.add_argument(
+        "--occlusion-model",
+        choices=OCCLUDER_NAMES,
+        default="xseg_1",
+        help="the occlusion model for --mask occlusion (default: %(default)s)",
+    )
+    how.add_argument(
+        "--parser-model",
+        choices=PARSER_NAMES,
+        default="bisenet_resnet_34",
+        help="the face parser for --mask region:... (default: %(default)s)",
+    )
+    how.add_argument(
+        "--restore",
+        choices=RESTORER_NAMES,
+        metavar="NAME",
+        help="restore the swapped faces before they are pasted back: " + ", ".join(RESTORER_NAMES),
+    )
+    how.add_argument(
+        "--restore-weight",
+        type=_fraction,
+        default=1.0,
+        metavar="W",
+        help="with --restore: how much of the restored face shows, 0 to 1 (default: %(default)s)",
+    )
+    how.add_argument(
+        "--codeformer-fidelity",
+        type=_fraction,
+        default=0.5,
+        metavar="W",
+        help="with --restore codeformer: 0 restores the most, 1 stays closest to the swap (default: %(default)s)",
     )
     how.add_argument(
         "--feather",
@@ -305,6 +363,13 @@ def registry_models_needed(args: argparse.Namespace) -> list[str]:
         names = [name for name, given_file in replaced if given_file is None]
     if str(args.generator) in MODELS:
         names.append(str(args.generator))
+    spec = FaceMaskSpec.parse(args.mask[1], keep_mouth=args.keep_mouth)
+    if spec.occlusion:
+        names.append(args.occlusion_model)
+    if spec.regions:
+        names.append(args.parser_model)
+    if args.restore:
+        names.append(args.restore)
     return names
 
 
@@ -417,7 +482,7 @@ def build_options(args: argparse.Namespace, *, video: bool) -> SwapOptions:
         strength=strength,
         weave=args.weave,
         smoothing=smoothing,
-        mask=args.mask,
+        mask=args.mask[0],
         erosion=args.erosion,
         feather=args.feather,
         colour=args.colour,
@@ -427,7 +492,32 @@ def build_options(args: argparse.Namespace, *, video: bool) -> SwapOptions:
         pose_policy=args.pose_policy,
         no_face=no_face,
         chunk_size=args.chunk,
+        restore_weight=args.restore_weight,
+        restore_fidelity=args.codeformer_fidelity,
     )
+
+
+def build_finish_models(args: argparse.Namespace) -> FinishingModels | None:
+    """The restorer, occluder and parser this run needs (None when it needs none), each loaded once."""
+    from ..masks import FaceOccluder, FaceParser, load_mask_model
+    from ..restore import load_restorer
+    from ..runtime import onnx_providers
+
+    spec = FaceMaskSpec.parse(args.mask[1], keep_mouth=args.keep_mouth)
+    if not args.restore and spec.is_empty:
+        return None
+    providers = onnx_providers(args.device)
+    restorer = occluder = parser = None
+    if args.restore:
+        restorer = load_restorer(args.restore, model_dir=args.models, providers=providers)
+        print(f"Restoring the swapped faces with {args.restore} (visibility {args.restore_weight:g})")
+    if spec.occlusion:
+        loaded = load_mask_model(args.occlusion_model, model_dir=args.models, providers=providers)
+        occluder = loaded if isinstance(loaded, FaceOccluder) else None
+    if spec.regions:
+        loaded = load_mask_model(args.parser_model, model_dir=args.models, providers=providers)
+        parser = loaded if isinstance(loaded, FaceParser) else None
+    return FinishingModels(restorer=restorer, occluder=occluder, parser=parser)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -577,6 +667,10 @@ def run_swap(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, mapping=mapping)
     if tracking is not None:
         options = dataclasses.replace(options, tracking=tracking)
+    finishing = build_finish_models(args)
+    if finishing is not None:  # the masks and the models that make them go in together (the options check both)
+        spec = FaceMaskSpec.parse(args.mask[1], keep_mouth=args.keep_mouth)
+        options = dataclasses.replace(options, face_masks=None if spec.is_empty else spec, finishing=finishing)
     described = "; ".join(
         ", ".join(one.sources) or one.extra.get("name", "an identity file")
         for one in ([identity] if isinstance(identity, Identity) else identity)

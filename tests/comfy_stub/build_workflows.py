@@ -268,6 +268,90 @@ def video_two_people(build: WorkflowBuilder) -> None:
     )
 
 
+def swap_edit_blend(build: WorkflowBuilder) -> None:
+    analyzer, generator = _loaders(build)
+    source = build.node(
+        "LoadImage", (0, 340), widgets={"image": SOURCE_PHOTO}, size=(340, 320), title="Source photo (the person)"
+    )
+    target = build.node(
+        "LoadImage", (0, 700), widgets={"image": TARGET_PHOTO}, size=(340, 320), title="Target photo (gets the face)"
+    )
+    extract = build.node("FaceMagicExtractIdentity", (COLUMN, 0), size=(340, 130))
+    build.link(analyzer, "analyzer", extract, "analyzer")
+    build.link(source, "IMAGE", extract, "images")
+    swap = build.node("FaceMagicSwap", (COLUMN, 200), widgets={"crop_output": "ffhq_512"}, size=(340, 360))
+    build.link(target, "IMAGE", swap, "images")
+    build.link(extract, "identity", swap, "identity")
+    build.link(generator, "generator", swap, "generator")
+    build.link(analyzer, "analyzer", swap, "analyzer")
+    edit = build.node(
+        "ImageScaleBy",
+        (2 * COLUMN, 200),
+        widgets={"upscale_method": "lanczos", "scale_by": 2.0},
+        size=(300, 110),
+        title="Any IMAGE node (an upscale here)",
+    )
+    build.link(swap, "swapped crops", edit, "image")
+    preview = build.node("PreviewImage", (2 * COLUMN, 360), size=(300, 320), title="Edited crops")
+    build.link(edit, "IMAGE", preview, "images")
+    blend = build.node("FaceMagicBlend", (3 * COLUMN, 200), size=(320, 280))
+    build.link(swap, "swap", blend, "swap")
+    build.link(edit, "IMAGE", blend, "crops")
+    save = build.node(
+        "SaveImage", (4 * COLUMN - 60, 200), widgets={"filename_prefix": "facemagic/edited"}, size=(400, 440)
+    )
+    build.link(blend, "images", save, "images")
+    build.note(
+        "Swap gives its crops out (crops output ffhq_512: 512 px faces aligned the way restorers expect). Put any "
+        "IMAGE node between them and Blend's crops input: one crop per face, in the same order, square, any size. "
+        "Blend maps each one back onto its face; outside the mask nothing changes.",
+        (COLUMN, 620),
+        size=(560, 170),
+    )
+
+
+def restore_with_occlusion(build: WorkflowBuilder) -> None:
+    analyzer, generator = _loaders(build)
+    source = build.node(
+        "LoadImage", (0, 340), widgets={"image": SOURCE_PHOTO}, size=(340, 320), title="Source photo (the person)"
+    )
+    target = build.node(
+        "LoadImage", (0, 700), widgets={"image": TARGET_PHOTO}, size=(340, 320), title="Target photo (gets the face)"
+    )
+    extract = build.node("FaceMagicExtractIdentity", (COLUMN, 0), size=(340, 130))
+    build.link(analyzer, "analyzer", extract, "analyzer")
+    build.link(source, "IMAGE", extract, "images")
+    swap = build.node("FaceMagicSwap", (COLUMN, 200), size=(340, 360))
+    build.link(target, "IMAGE", swap, "images")
+    build.link(extract, "identity", swap, "identity")
+    build.link(generator, "generator", swap, "generator")
+    build.link(analyzer, "analyzer", swap, "analyzer")
+    restorer = build.node("FaceMagicRestorerLoader", (2 * COLUMN, 0), widgets={"model": "codeformer"}, size=(340, 110))
+    restore = build.node("FaceMagicRestoreFaces", (2 * COLUMN, 160), widgets={"fidelity": 0.7}, size=(340, 160))
+    build.link(swap, "swap", restore, "swap")
+    build.link(restorer, "restorer", restore, "restorer")
+    crops = build.node("PreviewImage", (2 * COLUMN, 360), size=(300, 300), title="Restored faces")
+    build.link(restore, "restored crops", crops, "images")
+    occluder = build.node("FaceMagicMaskModelLoader", (2 * COLUMN, 700), widgets={"model": "xseg_1"}, size=(340, 110))
+    face_mask = build.node("FaceMagicFaceMask", (3 * COLUMN, 420), widgets={"keep": "mouth"}, size=(340, 200))
+    build.link(restore, "swap", face_mask, "swap")
+    build.link(occluder, "mask model", face_mask, "occluder")
+    blend = build.node("FaceMagicBlend", (3 * COLUMN, 100), size=(320, 280))
+    build.link(restore, "swap", blend, "swap")
+    build.link(face_mask, "mask", blend, "mask_input")
+    save = build.node(
+        "SaveImage", (4 * COLUMN - 40, 100), widgets={"filename_prefix": "facemagic/restored"}, size=(400, 440)
+    )
+    build.link(blend, "images", save, "images")
+    build.note(
+        "Restore Faces sharpens the swapped faces (CodeFormer here; gfpgan_1.4 is Apache-2.0) before Blend pastes "
+        "them back. Face Mask keeps what covers the target face (hands, glasses, a microphone: XSeg) and, here, the "
+        "target's own mouth; Blend uses it as its limit mask. Masks combine by minimum: each one only takes away.",
+        (3 * COLUMN, 660),
+        size=(420, 190),
+    )
+
+
 WORKFLOWS: dict[str, Callable[[WorkflowBuilder], None]] = {
     "facemagic_single_photo_swap": single_photo_swap,
     "facemagic_mix_several_photos": several_photos_mixed,
@@ -275,6 +359,8 @@ WORKFLOWS: dict[str, Callable[[WorkflowBuilder], None]] = {
     "facemagic_save_and_reuse_identity": save_and_reuse_identity,
     "facemagic_video_pose_check": video_with_pose_check,
     "facemagic_video_two_people": video_two_people,
+    "facemagic_swap_edit_blend": swap_edit_blend,
+    "facemagic_restore_occlusion": restore_with_occlusion,
 }
 
 

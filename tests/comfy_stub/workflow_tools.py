@@ -50,6 +50,14 @@ CORE_NODES: dict[str, dict[str, Any]] = {
     "SaveImage": _core([("images", "IMAGE", {}), ("filename_prefix", "STRING", {"default": "ComfyUI"})], []),
     "PreviewImage": _core([("images", "IMAGE", {})], []),
     "PreviewAny": _core([("source", "*", {})], []),
+    "ImageScaleBy": _core(
+        [
+            ("image", "IMAGE", {}),
+            ("upscale_method", "LIST", {}),
+            ("scale_by", "FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01}),
+        ],
+        [("IMAGE", "IMAGE")],
+    ),
     "LoadVideo": _core([("file", "COMBO", {"video_upload": True})], [("VIDEO", "VIDEO")]),
     "GetVideoComponents": _core([("video", "VIDEO", {})], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
     "CreateVideo": _core(
