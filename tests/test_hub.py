@@ -513,6 +513,7 @@ def test_cli_models_doctor(
     assert "providers for --device cuda:1: CUDAExecutionProvider {'device_id': 1}, CPUExecutionProvider" in out
     assert out.rstrip().endswith("onnxruntime install: ok")
     assert re.search(r"inswapper_128 +swapper +missing +torch \(converted", out)  # on a GPU: torch
+    assert re.search(r"buffalo_l +pack +missing +torch \(converted", out)
     distributions({"onnxruntime": "1.32.0"})  # what a fresh install has
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert main(["models", "doctor", "--models", str(model_dir), "--device", "cpu"]) == 0

@@ -114,7 +114,8 @@ def runtime_plan(spec: Any, device: Any) -> tuple[str, str]:
 
     The rules the loaders apply: dlib's and face-api's networks are torch modules; YuNet runs in
     OpenCV on the CPU; inswapper-layout swappers follow :func:`..generators.choice.choose_swapper_runtime`;
-    other ONNX models run in onnxruntime on the provider the device asks for, or the CPU.
+    insightface's packs and ArcFace follow :func:`..torch_models.choose_runtime` (torch off the CPU); other ONNX
+    models run in onnxruntime on the provider the device asks for, or the CPU.
     """
     from ..generators.choice import choose_swapper_runtime
     from ..runtime import CPU_PROVIDER, onnx_providers, usable_providers
@@ -129,6 +130,10 @@ def runtime_plan(spec: Any, device: Any) -> tuple[str, str]:
         if chosen == "both":
             return "onnxruntime (uniform swaps) + torch (per-block mixing)", "cpu"
         return f"torch (converted, checked against onnxruntime at load; {chosen})", where
+    from ..torch_models import choose_runtime
+
+    if spec.kind in ("pack", "recognizer") and choose_runtime("auto", device) == "torch":
+        return "torch (converted, checked against onnxruntime at load)", where
     usable = usable_providers(onnx_providers("cpu" if device.type == "cpu" else str(device)))
     names = [name if isinstance(name, str) else name[0] for name in usable]
     gpu = [name for name in names if name != CPU_PROVIDER]
