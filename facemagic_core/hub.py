@@ -48,7 +48,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypedDict, cast, get_args
 
 from .errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
-from .files import atomic_write_bytes, exclusive_lock, load_json_bounded
+from .files import atomic_write_bytes, describe_file_kind, exclusive_lock, load_json_bounded
 from .types import ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -493,6 +493,22 @@ def download_url(
     return f"{base}/{prefix}{spec.repo_id}/resolve/{revision or spec.revision}/{repo_file or spec.repo_files()[0]}"
 
 
+def check_model_dir(model_dir: str | os.PathLike[str]) -> Path:
+    """``model_dir`` as a Path; BadInputError when it exists but is not a folder (``--models photo.jpg`` was a
+    FileExistsError traceback)."""
+    folder = Path(model_dir).expanduser()
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        kind = describe_file_kind(existing).replace("a regular file", "a file")
+        what = "the model folder" if existing == folder else f"{existing}, where the model folder should be made,"
+        raise BadInputError(
+            f"{what} is {kind}, not a folder",
+            where=str(folder),
+            fix="give --models a folder (or set FACEMAGIC_MODELS to one); it is created when missing",
+        )
+    return folder
+
+
 def model_path(model: str | ModelSpec, model_dir: Path) -> Path:
     """Where ``model`` lives in ``model_dir`` (a file, or a pack's folder)."""
     return Path(model_dir) / _as_spec(model).local_path
@@ -817,7 +833,7 @@ def recorded_hashes(model: str | ModelSpec, model_dir: Path) -> dict[Path, str]:
 def verify_model(model: str | ModelSpec, model_dir: Path, *, verify: Verify = "full") -> Path:
     """Check the files of a present model against the lock file; return its path (ModelNotFoundError if absent)."""
     spec = _as_spec(model)
-    root = model_path(spec, model_dir)
+    root = model_path(spec, check_model_dir(model_dir))
     if not is_model_present(spec, model_dir):
         raise ModelNotFoundError(
             f"{spec.name} is not in the model folder",
@@ -1271,7 +1287,7 @@ def ensure_model(
     files are verified.
     """
     spec = _as_spec(name)
-    model_dir = Path(model_dir).expanduser()
+    model_dir = check_model_dir(model_dir)
     lock = _LockFile(model_dir)
     for folder in (model_dir, *map(Path, search_dirs)):
         if is_model_present(spec, folder):

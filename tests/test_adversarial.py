@@ -1110,3 +1110,16 @@ def test_sigterm_while_writing_a_video_leaves_no_partial_file(tmp_path: Path) ->
     with pytest.raises(KeyboardInterrupt):
         write_video(tmp_path / "out.gif", chunks(), 10.0)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["models", "download", "yunet"], ["models", "verify"]])
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_model_folder_that_is_a_file_is_named(
+    command: list[str], where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--models photo.jpg ended in a FileExistsError traceback (or listed every model as missing)."""
+    picture = photo(tmp_path / "p.png")
+    models = picture if where == "a file" else picture / "models"
+    code, _, err = run([*command, "--models", str(models)], capsys)
+    assert "is a file, not a folder" in one_error_line(code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]

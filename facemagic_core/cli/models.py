@@ -13,7 +13,9 @@ from . import add_model_options
 
 
 def _models_dir(args: argparse.Namespace) -> Path:
-    return Path(args.models).expanduser()
+    from ..hub import check_model_dir
+
+    return check_model_dir(args.models)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
