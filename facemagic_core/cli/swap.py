@@ -444,7 +444,7 @@ def check_options_before_loading(args: argparse.Namespace, *, video: bool) -> No
         first = error.what.split(" ", 1)[0]
         option = f"--{first.replace('_', '-')}" if first in _OPTION_FIELDS else first
         raise BadInputError(option + error.what[len(first) :], where="facemagic swap", fix=error.fix) from error
-    if args.mask == "hull" and args.detector == "yunet":
+    if args.mask[0] == "hull" and args.detector == "yunet":
         raise BadInputError(
             "--mask hull needs 68- or 106-point landmarks, and --detector yunet gives only 5 points",
             where="facemagic swap",
