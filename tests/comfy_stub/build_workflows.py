@@ -63,6 +63,20 @@ def single_photo_swap(build: WorkflowBuilder) -> None:
     build.link(analyzer, "analyzer", similarity, "analyzer")
     build.link(blend, "images", similarity, "images")
     build.link(extract, "identity", similarity, "identity")
+    # The quality report (muted: unmute both nodes to judge the swap; the judge downloads dlib's recogniser).
+    judge = build.node(
+        "FaceMagicAnalyzerLoader", (4 * COLUMN - 40, 640), widgets={"model": "yunet_dlib"}, size=(360, 150),
+        title="Judge (another recogniser)", mode=2,
+    )  # fmt: skip
+    quality = build.node(
+        "FaceMagicSwapQuality", (4 * COLUMN - 40, 0), size=(360, 250), title="Swap quality report", mode=2
+    )
+    build.link(judge, "analyzer", quality, "analyzer")
+    build.link(source, "IMAGE", quality, "source")
+    build.link(target, "IMAGE", quality, "target")
+    build.link(blend, "images", quality, "result")
+    plot = build.node("PreviewImage", (4 * COLUMN - 40, 290), size=(360, 300), title="Quality plot", mode=2)
+    build.link(quality, "plot", plot, "images")
     build.note(
         "Put a photo of the person into the source Load Image node and the picture to change into the target one. "
         f"The first run downloads the models into models/facemagic ({GENERATOR} and the buffalo_l analyzer). "
