@@ -189,10 +189,11 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(
         assert expected.keys() == actual.keys()
         for key in expected:
             assert torch.equal(expected[key], actual[key]), f"{name}.{key} differs after resume"
-    assert read_losses(tmp_path / "straight") == [
-        {**row, "seconds_per_step": pytest.approx(row["seconds_per_step"], abs=10)}
-        for row in read_losses(tmp_path / "stopped")
-    ]
+
+    def without_timing(rows: list[dict[str, float]]) -> list[dict[str, float]]:  # wall time depends on the machine
+        return [{key: value for key, value in row.items() if key != "seconds_per_step"} for row in rows]
+
+    assert without_timing(read_losses(tmp_path / "straight")) == without_timing(read_losses(tmp_path / "stopped"))
 
 
 def test_resume_refuses_a_changed_config_and_new_runs_refuse_old_folders(
