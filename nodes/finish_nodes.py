@@ -30,7 +30,7 @@ from facemagic_core.restore import DEFAULT_FIDELITY, RESTORER_NAMES, FaceRestore
 from facemagic_core.runtime import onnx_providers
 
 from ._comfy import io
-from .common import CATEGORY, DEVICE_TOOLTIP, ONNX_DEVICES, resolve_device_choice
+from .common import CATEGORY, DEVICE_TOOLTIP, ONNX_DEVICES, node_schema, resolve_device_choice
 from .model_folder import ensure_registry_model, model_fingerprint
 from .progress import comfy_errors, comfy_progress
 from .sockets import MaskModel, Restorer, Swap
@@ -48,7 +48,8 @@ KEPT_AREAS: tuple[str, ...] = get_args(KeptArea)
 class FaceMagicRestorerLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
+            search_aliases=("face restore model", "gfpgan", "codeformer", "gpen", "restoreformer"),
             node_id="FaceMagicRestorerLoader",
             display_name="FaceMagic Restorer Loader",
             category=CATEGORY,
@@ -89,7 +90,8 @@ class FaceMagicRestorerLoader(io.ComfyNode):
 class FaceMagicMaskModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
+            search_aliases=("occlusion model", "xseg", "bisenet", "face parsing"),
             node_id="FaceMagicMaskModelLoader",
             display_name="FaceMagic Mask Model Loader",
             category=CATEGORY,
@@ -124,7 +126,8 @@ class FaceMagicMaskModelLoader(io.ComfyNode):
 class FaceMagicRestoreFaces(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
+            search_aliases=("face restore", "gfpgan", "codeformer", "face enhance", "reactor restore"),
             node_id="FaceMagicRestoreFaces",
             display_name="FaceMagic Restore Faces",
             category=CATEGORY,
@@ -200,7 +203,8 @@ def _kept(choice: str) -> tuple[str, ...]:
 class FaceMagicFaceMask(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return node_schema(
+            search_aliases=("face mask", "occlusion mask", "face parsing mask", "mouth mask", "xseg"),
             node_id="FaceMagicFaceMask",
             display_name="FaceMagic Face Mask",
             category=CATEGORY,
