@@ -269,13 +269,19 @@ def _header_size(file: Path) -> tuple[int, int] | None:
 
 
 def rgb_uint8_to_tensor(rgb: npt.NDArray[np.uint8]) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 RGB array → ``(1, 3, H, W)`` float32 tensor in [0, 1].
+    """``(H, W, 3)`` uint8 RGB array → ``(1, 3, H, W)`` float32 tensor in [0, 1] (see :func:`rgb_uint8_to_tensors`)."""
+    return rgb_uint8_to_tensors(np.asarray(rgb)[None])
 
-    Converted in the array's own pixel order (one pass over contiguous memory, several times faster than
-    converting a permuted view); the result is the channels-last view of it, which every torch operation
-    takes and which :func:`tensor_to_rgb_uint8` turns back into an array without another copy.
+
+def rgb_uint8_to_tensors(rgb: npt.NDArray[np.uint8], device: torch.device | str | None = None) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 RGB arrays → ``(N, 3, H, W)`` float32 tensors in [0, 1], on ``device``.
+
+    The bytes cross to the device once; they are converted there in the array's own pixel order (one pass
+    over contiguous memory, several times faster than converting a permuted view). The result is the
+    channels-last view of it, which every torch operation takes and which :func:`tensors_to_rgb_uint8`
+    turns back into arrays without another copy.
     """
-    return torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0).permute(2, 0, 1).unsqueeze(0)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).to(device).float().div_(255.0).permute(0, 3, 1, 2)
 
 
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:

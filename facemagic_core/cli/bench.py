@@ -44,6 +44,7 @@ import numpy.typing as npt
 import torch
 
 from ..errors import BadInputError
+from ..images import rgb_uint8_to_tensors, tensor_to_bgr_uint8, tensors_to_rgb_uint8
 from ..types import EMBEDDING_DIM, Face, Identity
 from . import DEFAULT_MODEL_DIR
 from . import identity as identity_command
@@ -226,8 +227,7 @@ class FrameSource:
             self.name = clip.name
             for chunk in iter_frames(clip, 8, max_frames=keep):
                 for frame in chunk:
-                    rgb = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                    self.frames.append(_scaled(np.ascontiguousarray(rgb[:, :, ::-1]), height))
+                    self.frames.append(_scaled(tensor_to_bgr_uint8(frame), height))
         self.shape = self.still.shape if self.still is not None else self.frames[0].shape
 
     def frame(self, index: int) -> npt.NDArray[np.uint8]:
@@ -320,13 +320,11 @@ def _pipeline_chunk(
     frames: list[npt.NDArray[np.uint8]], faces: list[list[Face]], identity: Identity, generator: Any, times: SideTimes
 ) -> npt.NDArray[np.uint8]:
     """FaceMagic on one chunk of decoded RGB frames: uint8 to the device once, align, swap, paste back, uint8 back."""
-    from ..images import tensors_to_rgb_uint8
     from ..pipeline import align_target_faces, blend_swap, forward_swap
 
     device = generator.device
     t0 = time.perf_counter()
-    # As the command line converts its decoded RGB frames (images.rgb_uint8_to_tensor), but as uint8 to the device.
-    images = torch.from_numpy(np.stack(frames)).to(device).float().div_(255.0).permute(0, 3, 1, 2)
+    images = rgb_uint8_to_tensors(np.stack(frames), device)
     _synchronize(device)
     t1 = time.perf_counter()
     aligned = align_target_faces(images, faces, generator, no_face="pass")
@@ -415,9 +413,8 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     analyzer = FaceAnalyzer(backend="yunet", detector=detector, providers=["cpu"])
     target = rng.standard_normal(EMBEDDING_DIM).astype(np.float32)
 
-    def detect(frames: list[npt.NDArray[np.uint8]]) -> list[list[Face]]:
-        tensor = torch.from_numpy(np.stack(frames)[..., ::-1].copy()).permute(0, 3, 1, 2).float().div_(255)
-        found = analyzer.detect_faces(tensor)
+    def detect(rgb: list[npt.NDArray[np.uint8]]) -> list[list[Face]]:
+        found = analyzer.detect_faces(rgb_uint8_to_tensors(np.stack(rgb)))
         largest = [
             sorted(faces, key=lambda f: -float(np.prod(f.bbox[2:] - f.bbox[:2])))[: config.faces] for faces in found
         ]
@@ -455,10 +452,9 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
 
     say("warming up both sides on one chunk")
     warm = next(source_frames.chunks(0, config.chunk, config.chunk))
-    warm_faces = detect(warm)
-    _pipeline_chunk(
-        [np.ascontiguousarray(frame[:, :, ::-1]) for frame in warm], warm_faces, identity, generator, SideTimes()
-    )
+    warm_rgb = [np.ascontiguousarray(frame[:, :, ::-1]) for frame in warm]
+    warm_faces = detect(warm_rgb)
+    _pipeline_chunk(warm_rgb, warm_faces, identity, generator, SideTimes())
     _baseline_chunk(warm, warm_faces, source_face, swapper, SideTimes())
 
     result = BenchResult(
@@ -490,7 +486,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
                 break
             rgb = [np.ascontiguousarray(frame[:, :, ::-1]) for frame in frames]  # decoders give either order
             decoded = time.perf_counter()
-            faces = detect(frames)
+            faces = detect(rgb)
             decode += decoded - started
             detect_seconds += time.perf_counter() - decoded
             faces_seen += sum(map(len, faces))
