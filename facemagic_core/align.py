@@ -7,7 +7,8 @@ Conventions (the same as OpenCV's, so that matrices can be handed to ``cv2.warpA
   image: ``[x', y'] = M[:, :2] @ [x, y] + M[:, 2]``; batches are ``(B, 2, 3)``;
 - :func:`warp_affine` gives what ``cv2.warpAffine(src, M, (w, h), flags=INTER_LINEAR,
   borderMode=BORDER_CONSTANT, borderValue=0)`` gives, for a whole batch at once, on any
-  device and floating dtype.
+  device and floating dtype; byte frames (``uint8``, 0..255) are sampled region by region
+  into float crops in [0, 1], so a whole frame is never converted.
 
 Pipeline order: :func:`face_template` -> :func:`estimate_similarity` -> :func:`warp_affine`
 (or all three at once with :func:`align_faces`); :func:`invert_affine` and
@@ -203,6 +204,52 @@ def transform_points(points: torch.Tensor, matrices: torch.Tensor) -> torch.Tens
     return moved.to(points.dtype)
 
 
+def covered_regions(matrices: torch.Tensor, size: tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """Integer source regions ``(B, 4)`` = x0, y0, x1, y1 (end exclusive, clipped to ``height`` x ``width``) that
+    outputs of ``size`` = ``(out_h, out_w)`` seen through ``matrices`` (source -> output) sample, on the CPU.
+
+    The output's outer corners (pixel edges at -0.5 and out - 0.5) are mapped back to the source;
+    the region is their bounding box, widened by one pixel for bilinear sampling. An output that
+    lies entirely outside the source gets an empty region (x1 <= x0 or y1 <= y0).
+    """
+    inverse = invert_affine(matrices.detach().to("cpu", torch.float64))
+    right, bottom = size[1] - 0.5, size[0] - 0.5
+    corners = torch.tensor(
+        [[-0.5, -0.5, 1.0], [right, -0.5, 1.0], [-0.5, bottom, 1.0], [right, bottom, 1.0]], dtype=inverse.dtype
+    )
+    mapped = torch.einsum("kj,bij->bki", corners, inverse)  # (B, 4 corners, 2)
+    low = torch.floor(mapped.amin(dim=1)) - 1
+    high = torch.ceil(mapped.amax(dim=1)) + 2
+    x0 = low[:, 0].clamp(0, width)
+    y0 = low[:, 1].clamp(0, height)
+    x1 = high[:, 0].clamp(0, width)
+    y1 = high[:, 1].clamp(0, height)
+    return torch.stack([x0, y0, x1, y1], dim=1).long()
+
+
+def _warp_byte_regions(
+    images: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int], index: torch.Tensor
+) -> torch.Tensor:
+    """:func:`warp_affine` of byte frames: each output's source region, and only that, becomes float in [0, 1].
+
+    The regions (padded with zeros to the largest) are what a full-frame warp would read, so the result is
+    that of warping ``images / 255``; a face's region costs its own pixels, whatever the frame size.
+    """
+    batch, channels = int(matrices.shape[0]), int(images.shape[1])
+    regions = covered_regions(matrices, size, int(images.shape[2]), int(images.shape[3]))
+    spans = (regions[:, 2:] - regions[:, :2]).clamp_min(0)
+    region_w, region_h = max(1, int(spans[:, 0].max())), max(1, int(spans[:, 1].max()))
+    patches = torch.zeros((batch, channels, region_h, region_w), device=images.device, dtype=torch.float32)
+    for face, ((x0, y0, x1, y1), frame) in enumerate(zip(regions.tolist(), index.tolist(), strict=True)):
+        if x1 > x0 and y1 > y0:
+            patches[face, :, : y1 - y0, : x1 - x0] = images[frame, :, y0:y1, x0:x1]  # bytes -> float, one region
+    patches.div_(255.0)
+    # source -> output becomes region -> output: p = q + corner, so the translation gains A @ corner.
+    shifted = matrices.detach().to("cpu", torch.float64).clone()
+    shifted[:, :, 2] += (shifted[:, :, :2] @ regions[:, :2].to(torch.float64).unsqueeze(2)).squeeze(2)
+    return warp_affine(patches, shifted.to(device=images.device, dtype=torch.float32), size)
+
+
 def warp_affine(
     images: torch.Tensor,
     matrices: torch.Tensor,
@@ -218,6 +265,8 @@ def warp_affine(
     zeros. ``images`` is ``(N, C, H, W)``, ``matrices`` ``(B, 2, 3)``, ``size`` is
     ``(out_h, out_w)``; ``image_index`` ``(B,)`` defaults to ``arange(B)`` (then ``N == B``).
     Returns ``(B, C, out_h, out_w)`` in the images' dtype and device; inputs are not modified.
+    Byte frames (``uint8``, 0..255) give float32 outputs in [0, 1]: each output's source region is
+    cut and converted, never the whole frame (:func:`covered_regions`).
 
     Frames are never copied per face: faces of the same frame are sampled in one
     ``grid_sample`` call, their output grids stacked along the height axis. Half-precision
@@ -227,8 +276,12 @@ def warp_affine(
     image-index checks, and the most faces in one frame, which sizes the sampling grid).
     """
     _check_matrices(matrices)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise BadInputError("expected float images of shape (N, C, H, W)", where="warp_affine")
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.ndim != 4
+        or not (images.is_floating_point() or images.dtype == torch.uint8)
+    ):
+        raise BadInputError("expected float or uint8 images of shape (N, C, H, W)", where="warp_affine")
     out_h, out_w = (int(size[0]), int(size[1]))
     if out_h < 1 or out_w < 1:
         raise BadInputError(f"the output size must be positive, got {size}", where="warp_affine")
@@ -251,7 +304,10 @@ def warp_affine(
             raise BadInputError(f"image_index refers to images outside the batch of {num_images}", where="warp_affine")
     compute = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
     if batch == 0:
-        return images.new_zeros((0, channels, out_h, out_w))
+        empty = torch.float32 if images.dtype == torch.uint8 else images.dtype
+        return torch.zeros((0, channels, out_h, out_w), device=device, dtype=empty)
+    if images.dtype == torch.uint8:
+        return _warp_byte_regions(images, matrices, (out_h, out_w), index)
 
     # For every output pixel (x, y), the source pixel it samples: cv2's dst(x, y) = src(M^-1 [x, y, 1]),
     # expressed at once in grid_sample's align_corners=False coordinates, where pixel centres at integers
@@ -293,16 +349,24 @@ def warp_affine(
     return sampled[index, slot_of].to(images.dtype)
 
 
+def frames_to_sample(frames: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``frames`` on ``device`` as :func:`warp_affine` samples them: byte frames stay bytes (only face regions are
+    converted), float frames become float32."""
+    if frames.dtype == torch.uint8:
+        return frames.to(device)
+    return frames.to(device=device, dtype=torch.float32)
+
+
 def align_faces(
     images: torch.Tensor, faces: Sequence[Face], size: int, template: TemplateName = "arcface"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop every face to a ``size`` x ``size`` square aligned to ``template``.
 
     ``images`` is the ``(N, 3, H, W)`` batch the faces were found in (``face.image_index``
-    says which image). Returns the crops ``(B, 3, size, size)`` in the images' dtype and
-    device, and the ``(B, 2, 3)`` float32 image -> crop matrices (on the same device).
+    says which image). Returns the crops ``(B, 3, size, size)`` in the images' dtype (float32 in [0, 1] for
+    byte frames) and device, and the ``(B, 2, 3)`` float32 image -> crop matrices (on the same device).
     """
-    check_images(images, where="images to align")
+    check_images(images, where="images to align", allow_bytes=True)
     points_template = face_template(template, size)
     device = images.device
     if not faces:

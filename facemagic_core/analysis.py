@@ -628,7 +628,7 @@ class FaceAnalyzer:
 
         Faces carry a box, a score and 5 landmarks; an image without faces gives an empty list.
         """
-        check_images(images, where="images to analyse")
+        check_images(images, where="images to analyse", allow_bytes=True)
         with _model_errors("the face detector", str(self.detector_path)):
             return self._detect(_Frames(images, self.device))
 
@@ -639,7 +639,7 @@ class FaceAnalyzer:
         and ``landmarks``), gender and age (when it has a genderage model and ``attributes``), then
         embeddings of all faces in one batched call (when it has a recogniser and ``embeddings``).
         Models that run in torch take every face of the batch at once."""
-        check_images(images, where="images to analyse")
+        check_images(images, where="images to analyse", allow_bytes=True)
         with _model_errors("the face analysis models", str(self.detector_path)):
             return self._analyze_checked(images, landmarks=landmarks, embeddings=embeddings, attributes=attributes)
 
@@ -671,7 +671,7 @@ class FaceAnalyzer:
                 where=repr(self),
                 fix="pass recognizer=<w600k_r50.onnx> or load a pack that contains one (buffalo_l)",
             )
-        check_images(images, where="images to embed")
+        check_images(images, where="images to embed", allow_bytes=True)
         with _model_errors("the face recogniser", repr(self)):
             return self._embed_frames(_Frames(images, self.device), faces)
 
@@ -681,7 +681,10 @@ class FaceAnalyzer:
             return [*faces]
         size = int(self.recognizer_input_size or 0)
         template = str(getattr(self._recognizer, "template", "arcface"))
-        source = frames.unit() if self._uses_device_frames else frames.images
+        if frames.images.dtype == torch.uint8:  # byte frames: alignment converts only the face regions
+            source = frames.images.to(self.device) if self._uses_device_frames else frames.images
+        else:
+            source = frames.unit() if self._uses_device_frames else frames.images
         crops, _ = align_faces(source, faces, size, template)  # type: ignore[arg-type]
         vectors = self.forward_recognizer(crops)
         return [replace(face, embedding=vectors[i]) for i, face in enumerate(faces)]
@@ -874,7 +877,9 @@ class _Frames:
     def pixels(self) -> torch.Tensor:
         """``(B, 3, H, W)`` float32 RGB 0..255 (whole numbers, rounded as :func:`tensor_to_bgr_uint8` does)."""
         if self._pixels is None:
-            as_bytes = self.images.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+            as_bytes = self.images.detach()
+            if as_bytes.dtype != torch.uint8:  # float frames in [0, 1]; byte frames are already so
+                as_bytes = as_bytes.float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
             self._pixels = as_bytes.to(self.device).float()
         return self._pixels
 

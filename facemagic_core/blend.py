@@ -30,7 +30,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from .align import invert_affine, warp_affine
+from .align import covered_regions, invert_affine, warp_affine
 from .errors import BadInputError
 from .types import Device
 
@@ -365,14 +365,16 @@ def _check_faces(
     image_index: torch.Tensor | npt.ArrayLike,
     *,
     where: str,
+    allow_bytes: bool = False,
 ) -> torch.Tensor:
-    """Validate the paste-back inputs; return ``image_index`` as a CPU long tensor."""
+    """Validate the paste-back inputs (``allow_bytes``: uint8 frames too); return ``image_index`` as a CPU long
+    tensor."""
     # Shape and dtype only: scanning whole frames for NaN costs more than the paste itself, and the pipeline
     # checked the frames (check_images) when they came in.
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[1] != 3 or frames.shape[0] == 0:
         got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
         raise BadInputError(f"expected frames of shape (N, 3, H, W), got {got}", where=where)
-    if not frames.is_floating_point():
+    if not frames.is_floating_point() and not (allow_bytes and frames.dtype == torch.uint8):
         raise BadInputError(
             f"expected float frames in [0, 1], got {frames.dtype}", where=where, fix="convert with frames.float() / 255"
         )
@@ -414,25 +416,9 @@ def _check_faces(
 
 
 def face_regions(matrices: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
-    """Integer frame regions ``(B, 4)`` = x0, y0, x1, y1 (end exclusive, clipped) covered by each crop.
-
-    The crop's outer corners (pixel edges at -0.5 and S - 0.5) are mapped back to the frame;
-    the region is their bounding box, widened by one pixel for bilinear sampling. A crop that
-    lies entirely outside the frame gets an empty region (x1 <= x0 or y1 <= y0).
-    """
-    inverse = invert_affine(matrices.detach().to("cpu", torch.float64))
-    edge = size - 0.5
-    corners = torch.tensor(
-        [[-0.5, -0.5, 1.0], [edge, -0.5, 1.0], [-0.5, edge, 1.0], [edge, edge, 1.0]], dtype=inverse.dtype
-    )
-    mapped = torch.einsum("kj,bij->bki", corners, inverse)  # (B, 4 corners, 2)
-    low = torch.floor(mapped.amin(dim=1)) - 1
-    high = torch.ceil(mapped.amax(dim=1)) + 2
-    x0 = low[:, 0].clamp(0, width)
-    y0 = low[:, 1].clamp(0, height)
-    x1 = high[:, 0].clamp(0, width)
-    y1 = high[:, 1].clamp(0, height)
-    return torch.stack([x0, y0, x1, y1], dim=1).long()
+    """Integer frame regions ``(B, 4)`` = x0, y0, x1, y1 (end exclusive, clipped) covered by each ``size`` px
+    crop (:func:`align.covered_regions` of a square crop)."""
+    return covered_regions(matrices, (size, size), height, width)
 
 
 @dataclass(frozen=True, eq=False)
@@ -532,15 +518,18 @@ def paste_back(
     mask ``m`` is strictly between 0 and 1, the crop where ``m >= 1`` and the frame's own
     values, bit for bit, where ``m <= 0``. The returned frame mask is the maximum of the
     face masks. Output dtype and device are the frames'; the compositing runs in float32
-    (float64 for float64 frames).
+    (float64 for float64 frames). Byte frames (``uint8``) are composited region by region in
+    float and rounded back (half up); their mask comes back as bytes too (0..255).
     """
-    index = _check_faces(frames, crops, masks, matrices, image_index, where="paste_back")
+    index = _check_faces(frames, crops, masks, matrices, image_index, where="paste_back", allow_bytes=True)
     num_frames, channels, height, width = (int(n) for n in frames.shape)
     batch, size = int(crops.shape[0]), int(crops.shape[2])
     device = frames.device
     compute = torch.float64 if frames.dtype == torch.float64 else torch.float32
+    as_bytes = frames.dtype == torch.uint8
     output = frames.detach().clone()  # in the frames' own memory layout (channels-last frames stay so)
-    frame_masks = torch.zeros((num_frames * height * width,), device=device, dtype=compute)
+    mask_dtype = torch.uint8 if as_bytes else compute
+    frame_masks = torch.zeros((num_frames * height * width,), device=device, dtype=mask_dtype)
     if batch == 0:
         return output, frame_masks.reshape(num_frames, height, width).to(frames.dtype)
 
@@ -572,7 +561,11 @@ def paste_back(
         weight = warped[face, channels, :rows, :cols].clamp(0.0, 1.0)  # (h, w)
         colour = warped[face, :channels, :rows, :cols]  # (C, h, w)
         region = output[frame, :, y0:y1, x0:x1]  # a view into the output frame
-        if region.dtype == compute:
+        if as_bytes:
+            # lerp is exact at its ends, so where the weight is 0 the byte comes back as it was.
+            region.copy_(region.to(compute).lerp_(colour * 255.0, weight).add_(0.5).clamp_(0.0, 255.0))
+            weight = weight.mul(255.0).add_(0.5).to(torch.uint8)
+        elif region.dtype == compute:
             # One pass: lerp gives the frame's own values exactly where the weight is 0 and the crop's exactly
             # where it is 1 (torch.lerp computes from the nearer end).
             region.lerp_(colour, weight)

@@ -43,13 +43,15 @@ MIN_PIXEL_VALUE = -0.5
 _SIXTEEN_BIT_MAX = 65535.0
 
 
-def check_images(images: object, *, where: str = "images") -> torch.Tensor:
+def check_images(images: object, *, where: str = "images", allow_bytes: bool = False) -> torch.Tensor:
     """Return ``images`` if it is a usable ``(B, 3, H, W)`` batch, else raise ``BadInputError``.
 
     The tensor is returned as it is (no copy), so callers must not modify it in place. Values are
     checked in one pass over the pixels: NaN and infinities are refused, and so are values outside
     [:data:`MIN_PIXEL_VALUE`, :data:`MAX_PIXEL_VALUE`] (pixels on the 0..255 or -1..1 scale);
-    small overshoots of [0, 1] are accepted (later stages clamp them).
+    small overshoots of [0, 1] are accepted (later stages clamp them). With ``allow_bytes``, ``uint8``
+    frames (pixel values 0..255, as decoders give them: see :func:`is_byte_frames`) pass as they are,
+    with nothing to scan.
     """
     if not isinstance(images, torch.Tensor):
         raise BadInputError(
@@ -95,6 +97,8 @@ def check_images(images: object, *, where: str = "images") -> torch.Tensor:
             where=where,
             fix="resize the images before swapping",
         )
+    if allow_bytes and images.dtype == torch.uint8:
+        return images
     if not images.is_floating_point():
         raise BadInputError(
             f"expected float images in [0, 1], got dtype {images.dtype}",
@@ -268,6 +272,27 @@ def _header_size(file: Path) -> tuple[int, int] | None:
     return None
 
 
+def is_byte_frames(images: torch.Tensor) -> bool:
+    """Whether ``images`` are byte frames: ``uint8`` pixel values 0..255, the form video frames are swapped in.
+
+    The pipeline takes them as well as float frames in [0, 1]: alignment samples only the face regions
+    (converted to float there), paste-back writes bytes into those regions, and a whole frame is never
+    converted to float (four times its bytes, and a pass over every pixel each way).
+    """
+    return images.dtype == torch.uint8
+
+
+def as_float_images(images: torch.Tensor) -> torch.Tensor:
+    """Byte frames as float32 in [0, 1]; float images as they are (no copy)."""
+    return images.float().div_(255.0) if is_byte_frames(images) else images
+
+
+def rgb_uint8_to_bytes(rgb: npt.NDArray[np.uint8], device: torch.device | str | None = None) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 RGB arrays → ``(N, 3, H, W)`` uint8 byte frames on ``device`` (channels-last view,
+    no conversion: the array's memory itself on the CPU)."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(0, 3, 1, 2)
+
+
 def rgb_uint8_to_tensor(rgb: npt.NDArray[np.uint8]) -> torch.Tensor:
     """``(H, W, 3)`` uint8 RGB array → ``(1, 3, H, W)`` float32 tensor in [0, 1] (see :func:`rgb_uint8_to_tensors`)."""
     return rgb_uint8_to_tensors(np.asarray(rgb)[None])
@@ -287,11 +312,13 @@ def rgb_uint8_to_tensors(rgb: npt.NDArray[np.uint8], device: torch.device | str 
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:
     """``(3, H, W)`` float in [0, 1] → uint8 on the CPU, rounded half up; converted on the image's device first
     so a GPU image crosses the bus as bytes."""
+    if image.dtype == torch.uint8:  # byte frames already
+        return image.detach().cpu()
     return image.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).cpu()
 
 
 def tensor_to_rgb_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:
-    """``(3, H, W)`` float tensor in [0, 1] → ``(H, W, 3)`` uint8 RGB array (on the CPU)."""
+    """``(3, H, W)`` float tensor in [0, 1] (or a byte frame) → ``(H, W, 3)`` uint8 RGB array (on the CPU)."""
     return _to_uint8(image).permute(1, 2, 0).contiguous().numpy()
 
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .align import estimate_similarity, face_template, transform_points, warp_affine
+from .align import estimate_similarity, face_template, frames_to_sample, transform_points, warp_affine
 from .blend import convex_hulls, gaussian_blur, warp_crops
 from .errors import BadInputError, ModelIntegrityError
 from .runtime import ProviderSpec, create_session
@@ -406,9 +406,7 @@ def _target_ffhq_crops(frames: Tensor, batch: SwapBatch, size: int) -> tuple[Ten
     landmarks = torch.from_numpy(batch.alignment_landmarks.astype(np.float64))
     device = batch.crops.device
     matrices = estimate_similarity(landmarks, face_template("ffhq", size)).to(device=device, dtype=torch.float32)
-    crops = warp_affine(
-        frames.to(device=device, dtype=torch.float32), matrices, (size, size), image_index=batch.image_index
-    )
+    crops = warp_affine(frames_to_sample(frames, device), matrices, (size, size), image_index=batch.image_index)
     return crops, matrices
 
 

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .align import TemplateName, invert_affine, transform_points, warp_affine
+from .align import TemplateName, frames_to_sample, invert_affine, transform_points, warp_affine
 from .blend import (
     COLOUR_METHODS,
     MASK_KINDS,
@@ -80,7 +80,7 @@ from .blend import (
 )
 from .errors import BadInputError, CancelledError, IncompatibleIdentityError, NoFaceError, OutOfMemoryError
 from .generators.base import SwapModel, SwapOutput, is_out_of_memory, swap_woven
-from .images import check_images
+from .images import check_images, is_byte_frames
 from .mapping import FaceMapping
 from .pose import FAILURE_POLICIES, FailurePolicy, PoseReport, PoseThresholds, apply_pose_policy, check_pose
 from .tracking import FaceTracks, TrackedFace, TrackingConfig
@@ -168,9 +168,9 @@ def _check_frames(images: object, *, where: str) -> None:
         or images.ndim != 4
         or images.shape[0] == 0
         or images.shape[1] != 3
-        or not images.is_floating_point()
+        or not (images.is_floating_point() or is_byte_frames(images))
     ):
-        check_images(images, where=where)  # raises the precise error
+        check_images(images, where=where, allow_bytes=True)  # raises the precise error
 
 
 def _check_literal(value: object, allowed: tuple[str, ...], name: str) -> None:
@@ -613,7 +613,7 @@ def align_target_faces(
     device = generator.device
     size = generator.input_size * weave
     template = str(generator.template)
-    frames = images.to(device=device, dtype=torch.float32)
+    frames = frames_to_sample(images, device)
     if faces:
         landmarks = np.stack([np.asarray(face.landmarks_5, dtype=np.float64) for face in faces])
         points = face_template(generator.template, size)
@@ -948,8 +948,7 @@ def realign_swap(
     points = face_template(template, size)
     landmarks = torch.from_numpy(batch.alignment_landmarks.astype(np.float64))
     matrices = estimate_similarity(landmarks, points).to(device=device, dtype=torch.float32)
-    work = frames.to(device=device, dtype=torch.float32)
-    context = warp_affine(work, matrices, (size, size), image_index=batch.image_index)
+    context = warp_affine(frames_to_sample(frames, device), matrices, (size, size), image_index=batch.image_index)
     cover = crop_coverage(batch.crop_size, count, feather=max(2, batch.crop_size // 16), device=device)
     stacked = torch.cat([crops.to(device=device, dtype=torch.float32), cover], dim=1)
     moved = warp_crops(stacked, batch.matrices, matrices, size)
@@ -1094,7 +1093,8 @@ def blend_swap(
         )
     device = batch.crops.device
     count, size = batch.num_faces, batch.crop_size
-    work = frames.to(device=device, dtype=torch.float32)
+    as_bytes = is_byte_frames(frames)  # byte frames stay bytes; only the face regions are blended in float
+    work = frames.to(device) if as_bytes else frames.to(device=device, dtype=torch.float32)
     landmarks = None
     if mask == "hull" and count:
         dense = [face.landmarks for face in batch.faces]
@@ -1141,20 +1141,30 @@ def blend_swap(
             reference = warp_affine(work, matrices, (finished.size, finished.size), image_index=batch.image_index)
     if colour != "none" and count:
         pasted = match_colour(pasted, reference, face_masks, colour)
-    blend = poisson_blend if poisson else paste_back
-    output, masks = blend(work, pasted, face_masks, matrices, batch.image_index)
+    if poisson and as_bytes:  # the Poisson solve works on float frames
+        output, masks = poisson_blend(work.float().div_(255.0), pasted, face_masks, matrices, batch.image_index)
+        output = torch.where((masks > 0).unsqueeze(1), _float_to_bytes(output), work)
+        masks = _float_to_bytes(masks)
+    else:
+        blend = poisson_blend if poisson else paste_back
+        output, masks = blend(work, pasted, face_masks, matrices, batch.image_index)
     if external_mask is not None and count:
         # Warping the limit into a crop and back blurs its edge by a pixel: where it is 0 in the frame, the
         # frame's own pixels are kept exactly, and the frame mask never exceeds it.
-        limit = external_mask.reshape(-1, *batch.frame_size).to(device=device, dtype=masks.dtype).clamp(0, 1)
-        masks = torch.minimum(masks, limit)
+        limit = external_mask.reshape(-1, *batch.frame_size).to(device=device, dtype=torch.float32).clamp(0, 1)
+        masks = torch.minimum(masks, _float_to_bytes(limit) if as_bytes else limit.to(masks.dtype))
         output = torch.where((limit <= 0).unsqueeze(1), work, output)
-    if frames.dtype != torch.float32:
+    if frames.dtype != torch.float32 and not as_bytes:
         # Cast back only what changed, so unchanged pixels keep their exact input values.
         changed = masks > 0
         exact = frames.to(device)
         output = torch.where(changed.unsqueeze(1), output.to(frames.dtype), exact)
     return output.to(device=frames.device, dtype=frames.dtype), masks.to(device=frames.device, dtype=frames.dtype)
+
+
+def _float_to_bytes(values: Tensor) -> Tensor:
+    """Values in [0, 1] as bytes 0..255, rounded half up (as images.tensor_to_rgb_uint8 rounds)."""
+    return values.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1557,7 +1567,7 @@ def swap_faces(
     ):
         if not hasattr(model, "embedding_model"):
             raise BadInputError(f"expected a {role}, got {type(model).__name__}", where="swap_faces", fix=how)
-    frames_in = check_images(images, where="target images")
+    frames_in = check_images(images, where="target images", allow_bytes=True)
     if isinstance(identities, Identity):
         check_identity(identities, generator)
     else:
@@ -1731,7 +1741,7 @@ def swap_video(
     started = time.perf_counter()
 
     def results() -> Iterator[SwapResult]:
-        chunks = iter_frames(source, options.chunk_size, max_frames=max_frames)
+        chunks = iter_frames(source, options.chunk_size, max_frames=max_frames, as_bytes=True)
         if options.mapping is not None or options.tracking is not None:
             check_recognisers(analyzer, generator)
             for number, identity in enumerate(_listed(identities)):

@@ -48,7 +48,13 @@ from PIL import GifImagePlugin, Image, UnidentifiedImageError
 
 from .errors import BadInputError
 from .files import atomic_path, check_output_path
-from .images import check_images, open_picture, rgb_uint8_to_tensor, tensor_to_rgb_uint8
+from .images import (
+    check_images,
+    open_picture,
+    rgb_uint8_to_bytes,
+    rgb_uint8_to_tensors,
+    tensor_to_rgb_uint8,
+)
 
 try:  # PyAV: H.264, sound, WebP/APNG animations
     import av as _av
@@ -346,10 +352,16 @@ def _rgb_frames(file: Path, kind: VideoKind) -> Iterator[npt.NDArray[np.uint8]]:
 
 
 def iter_frames(
-    path: str | os.PathLike[str], chunk: int = DEFAULT_CHUNK, *, max_frames: int | None = None
+    path: str | os.PathLike[str],
+    chunk: int = DEFAULT_CHUNK,
+    *,
+    max_frames: int | None = None,
+    as_bytes: bool = False,
 ) -> Iterator[torch.Tensor]:
     """The frames of a video or animation as ``(n, 3, H, W)`` float32 RGB chunks in [0, 1], ``n <= chunk``.
 
+    ``as_bytes``: ``uint8`` byte frames (0..255) instead, as decoded: the form :func:`pipeline.swap_video`
+    swaps in (a quarter of the memory, and no conversion of whole frames either way).
     Only one chunk is held at a time. ``max_frames`` stops after that many frames. A missing
     file raises :class:`BadInputError` (with the path) at once, an undecodable one on the
     first ``next()``, a truncated one when the reading reaches the frame where it stops.
@@ -358,10 +370,10 @@ def iter_frames(
         raise BadInputError(f"the chunk size must be a positive whole number, got {chunk!r}", where="iter_frames")
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
         raise BadInputError(f"max_frames must be a positive whole number, got {max_frames!r}", where="iter_frames")
-    return _iter_frames(_check_readable(path), chunk, max_frames)
+    return _iter_frames(_check_readable(path), chunk, max_frames, as_bytes)
 
 
-def _iter_frames(file: Path, chunk: int, max_frames: int | None) -> Iterator[torch.Tensor]:
+def _iter_frames(file: Path, chunk: int, max_frames: int | None, as_bytes: bool) -> Iterator[torch.Tensor]:
     pending: list[npt.NDArray[np.uint8]] = []
     count = 0
     frames = _rgb_frames(file, _kind(file))
@@ -372,7 +384,7 @@ def _iter_frames(file: Path, chunk: int, max_frames: int | None) -> Iterator[tor
             pending.append(frame)
             count += 1
             if len(pending) == chunk:
-                yield _to_batch(pending)
+                yield _to_batch(pending, as_bytes)
                 pending = []
             if max_frames is not None and count >= max_frames:
                 break
@@ -381,13 +393,13 @@ def _iter_frames(file: Path, chunk: int, max_frames: int | None) -> Iterator[tor
         if close is not None:
             close()
     if pending:
-        yield _to_batch(pending)
+        yield _to_batch(pending, as_bytes)
     if count == 0:
         raise _unreadable(file, "it holds no frames")
 
 
-def _to_batch(frames: list[npt.NDArray[np.uint8]]) -> torch.Tensor:
-    return torch.cat([rgb_uint8_to_tensor(frame) for frame in frames], dim=0)
+def _to_batch(frames: list[npt.NDArray[np.uint8]], as_bytes: bool) -> torch.Tensor:
+    return rgb_uint8_to_bytes(np.stack(frames)) if as_bytes else rgb_uint8_to_tensors(np.stack(frames))
 
 
 def read_frames(path: str | os.PathLike[str], *, max_frames: int | None = None) -> torch.Tensor:
@@ -400,7 +412,7 @@ def read_frames(path: str | os.PathLike[str], *, max_frames: int | None = None) 
 
 
 def _check_chunk(chunk: object, index: int, size: tuple[int, int] | None) -> torch.Tensor:
-    images = check_images(chunk, where=f"frames chunk {index}")
+    images = check_images(chunk, where=f"frames chunk {index}", allow_bytes=True)
     shape = (int(images.shape[2]), int(images.shape[3]))
     if size is not None and shape != size:
         raise BadInputError(

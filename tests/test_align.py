@@ -169,6 +169,26 @@ def test_warp_affine_matches_cv2_on_random_images() -> None:
     assert float(outside.abs().max()) == 0.0
 
 
+def test_warp_affine_of_byte_frames_equals_warping_them_as_floats() -> None:
+    """uint8 frames are sampled region by region: the crops equal those of frames / 255, faces partly or wholly
+    outside the frame included, and the frames are left as they were."""
+    rng = np.random.default_rng(3)
+    frames = torch.from_numpy(rng.integers(0, 256, (2, 300, 400, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    before = frames.clone()
+    points = _random_landmarks(rng, 5, spread=350.0).astype(np.float32)
+    matrices = estimate_similarity(torch.from_numpy(points), face_template("arcface", 128))
+    partly_out = torch.tensor([[[1.2, 0.0, -350.0], [0.0, 1.2, -250.0]], [[1.0, 0.0, 500.0], [0.0, 1.0, 0.0]]])
+    matrices = torch.cat([matrices, partly_out])  # the last lies wholly outside its frame
+    image_index = torch.tensor([0, 1, 1, 0, 1, 1, 0])
+    ours = warp_affine(frames, matrices, (128, 96), image_index=image_index)
+    expected = warp_affine(frames.float() / 255, matrices, (128, 96), image_index=image_index)
+    assert ours.dtype == torch.float32 and ours.shape == (7, 3, 128, 96)
+    assert float((ours - expected).abs().max()) < 2e-4
+    assert float(ours[-1].abs().max()) == 0.0 and float(ours[-2].max()) > 0.0
+    assert torch.equal(frames, before)
+    assert warp_affine(frames, matrices[:0], (8, 8), image_index=image_index[:0]).dtype == torch.float32
+
+
 def test_warp_affine_defaults_to_one_matrix_per_image_and_keeps_inputs() -> None:
     rng = np.random.default_rng(1)
     images = torch.from_numpy(rng.random((2, 3, 64, 80)).astype(np.float32))

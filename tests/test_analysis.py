@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import warnings
 from pathlib import Path
@@ -312,15 +313,33 @@ def test_settings_are_checked(pack: Path) -> None:
         (np.zeros((1, 3, 64, 64), np.float32), "tensor"),
         (torch.full((1, 3, 64, 64), 200.0), "divide the images by 255"),
         (torch.full((1, 3, 64, 64), -1.0), r"\(images \+ 1\) / 2"),
-        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "float"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.int16), "float"),
     ],
-    ids=["empty", "grey", "rgba", "tiny", "nan", "unbatched", "numpy", "0..255", "-1..1", "uint8"],
+    ids=["empty", "grey", "rgba", "tiny", "nan", "unbatched", "numpy", "0..255", "-1..1", "int16"],
 )
 def test_bad_images_raise_clear_errors(analyzer: FaceAnalyzer, images: object, words: str) -> None:
     for call in (analyzer.detect_faces, analyzer.analyze):
         with pytest.raises(FaceMagicError, match=words) as caught:
             call(images)  # type: ignore[arg-type]
         assert isinstance(caught.value, BadInputError) and caught.value.fix
+
+
+def test_byte_frames_are_analysed_like_float_frames(analyzer: FaceAnalyzer, cells: torch.Tensor) -> None:
+    """uint8 frames (0..255, as a video decodes) give the faces their float form gives, and stay as they were."""
+    as_bytes = (cells * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    before = as_bytes.clone()
+    from_bytes, from_floats = analyzer.analyze(as_bytes), analyzer.analyze(as_bytes.float() / 255)
+    assert torch.equal(as_bytes, before)
+    assert [len(faces) for faces in from_bytes] == [len(faces) for faces in from_floats] and sum(map(len, from_bytes))
+    pairs = zip(itertools.chain(*from_bytes), itertools.chain(*from_floats), strict=True)
+    for ours, theirs in pairs:
+        assert np.abs(ours.bbox - theirs.bbox).max() < 1e-3 and ours.score == pytest.approx(theirs.score, abs=1e-5)
+        if theirs.embedding is not None:
+            assert ours.embedding is not None
+            cosine = float(ours.embedding @ theirs.embedding) / float(
+                np.linalg.norm(ours.embedding) * np.linalg.norm(theirs.embedding)
+            )
+            assert cosine > 0.9999
 
 
 def test_small_overshoots_are_accepted_and_inputs_kept(analyzer: FaceAnalyzer, cells: torch.Tensor) -> None:

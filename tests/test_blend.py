@@ -229,6 +229,25 @@ def test_paste_back_keeps_dtype_and_exact_outside(dtype: torch.dtype) -> None:
     assert torch.equal(out[outside], frames[outside])
 
 
+def test_paste_back_into_byte_frames_rounds_the_float_result_and_keeps_the_rest() -> None:
+    """uint8 frames (a video's) are blended region by region: the float result rounded half up (within one
+    level), byte masks, every pixel outside the mask exactly as it was, the input untouched."""
+    frames, crops, masks, matrices, image_index = scene()
+    as_bytes = (frames * 255 + 0.5).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    before = as_bytes.clone()
+    out, frame_masks = blend.paste_back(as_bytes, crops, masks, matrices, image_index)
+    floats, float_masks = blend.paste_back(as_bytes.float() / 255, crops, masks, matrices, image_index)
+    assert out.dtype == torch.uint8 and frame_masks.dtype == torch.uint8 and torch.equal(as_bytes, before)
+    assert out.is_contiguous(memory_format=torch.channels_last)  # the layout a decoder's bytes come in
+    rounded = (floats * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    assert int((out.int() - rounded.int()).abs().max()) <= 1
+    assert float((out.int() != rounded.int()).float().mean()) < 1e-3
+    outside = (frame_masks == 0)[:, None].expand_as(out)
+    assert torch.equal(out[outside], as_bytes[outside]) and int(outside.sum()) > 10_000
+    assert float((frame_masks.float() / 255 - float_masks).abs().max()) <= 0.5 / 255 + 1e-6
+    assert int(frame_masks[0].max()) == 255 and int(frame_masks[1].max()) == 0
+
+
 def test_paste_back_with_no_faces_and_bad_input() -> None:
     frames = torch.rand(2, 3, 64, 64)
     out, frame_masks = blend.paste_back(

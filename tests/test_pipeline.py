@@ -157,6 +157,38 @@ def test_output_keeps_the_input_dtype_and_untouched_pixels_exactly(
     assert bool((result.images != image).any())
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        SwapOptions(),
+        SwapOptions(mask="box", colour="lab", erosion=0.1),
+        SwapOptions(poisson=True),
+    ],
+    ids=["default", "box-lab", "poisson"],
+)
+def test_byte_frames_swap_like_float_frames(
+    options: SwapOptions, clip_frames: torch.Tensor, analyzer: FaceAnalyzer, generator: TorchSwapper
+) -> None:
+    """A video's uint8 frames are swapped without converting whole frames: the result is the float swap's,
+    rounded (within two levels, a few pixels), bytes in and bytes out, untouched pixels and the input kept."""
+    as_bytes = (clip_frames[:2] * 255 + 0.5).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    before = as_bytes.clone()
+    limit = torch.ones(2, *as_bytes.shape[2:])
+    limit[:, :, : as_bytes.shape[3] // 2] = 0.0  # the left half may not change
+    ours = swap_faces(as_bytes, unit_identity(1), analyzer, generator, options, external_mask=limit)
+    theirs = swap_faces(as_bytes.float() / 255, unit_identity(1), analyzer, generator, options, external_mask=limit)
+    assert torch.equal(as_bytes, before)
+    assert ours.images.dtype == torch.uint8 and ours.masks.dtype == torch.uint8
+    assert ours.face_counts == theirs.face_counts and sum(ours.face_counts) == 2
+    rounded = (theirs.images * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    difference = (ours.images.int() - rounded.int()).abs()
+    assert int(difference.max()) <= 2 and float((difference > 0).float().mean()) < 1e-3
+    changed = (ours.images != as_bytes).any(dim=1)
+    assert int(changed.sum()) > 500 and not bool(changed[:, :, : as_bytes.shape[3] // 2].any())
+    assert not bool((changed & (ours.masks == 0)).any())
+    assert float((ours.masks.float() / 255 - theirs.masks).abs().max()) <= 0.5 / 255 + 1e-6
+
+
 def test_frames_without_a_face_are_passed_through_and_reported(
     clip_frames: torch.Tensor, analyzer: FaceAnalyzer, generator: TorchSwapper
 ) -> None:

@@ -5,9 +5,10 @@ crops, 349 GFLOP per face; random weights, exported to ONNX in the public file's
 same precision (fp32 on a CPU; fp16 on both sides on a GPU), from the same decoded uint8 frames to
 uint8 frames ready to encode (RGB for FaceMagic, as its decoder gives them; BGR for insightface).
 
-- **FaceMagic**: frames in chunks cross to the device once as uint8, are converted there, aligned,
-  swapped (the generator loaded as ``facemagic swap`` loads it: on a CPU onnxruntime for uniform
-  swaps, on a GPU the native torch module) and pasted back in batches; the result comes back as uint8.
+- **FaceMagic**: frames in chunks cross to the device once as uint8 and stay bytes (only the face
+  regions are converted to float, for alignment and paste-back), are aligned, swapped (the generator
+  loaded as ``facemagic swap`` loads it: on a CPU onnxruntime for uniform swaps, on a GPU the native
+  torch module) and pasted back in batches; the result comes back as uint8.
 - **Baseline**: insightface's own ``INSwapper.get(frame, face, source, paste_back=True)`` per face, as
   the packs built on it call it (when insightface is installed; else the same steps re-implemented).
 
@@ -44,7 +45,7 @@ import numpy.typing as npt
 import torch
 
 from ..errors import BadInputError
-from ..images import rgb_uint8_to_tensors, tensor_to_bgr_uint8, tensors_to_rgb_uint8
+from ..images import rgb_uint8_to_bytes, tensor_to_bgr_uint8, tensors_to_rgb_uint8
 from ..types import EMBEDDING_DIM, Face, Identity
 from . import DEFAULT_MODEL_DIR
 from . import identity as identity_command
@@ -319,12 +320,13 @@ class _TimedSession:
 def _pipeline_chunk(
     frames: list[npt.NDArray[np.uint8]], faces: list[list[Face]], identity: Identity, generator: Any, times: SideTimes
 ) -> npt.NDArray[np.uint8]:
-    """FaceMagic on one chunk of decoded RGB frames: uint8 to the device once, align, swap, paste back, uint8 back."""
+    """FaceMagic on one chunk of decoded RGB frames, as ``facemagic swap`` runs a video: the bytes to the device once,
+    align (face regions converted to float), swap, paste back into the bytes, back to the host."""
     from ..pipeline import align_target_faces, blend_swap, forward_swap
 
     device = generator.device
     t0 = time.perf_counter()
-    images = rgb_uint8_to_tensors(np.stack(frames), device)
+    images = rgb_uint8_to_bytes(np.stack(frames), device)  # byte frames: only face regions become float
     _synchronize(device)
     t1 = time.perf_counter()
     aligned = align_target_faces(images, faces, generator, no_face="pass")
@@ -414,7 +416,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     target = rng.standard_normal(EMBEDDING_DIM).astype(np.float32)
 
     def detect(rgb: list[npt.NDArray[np.uint8]]) -> list[list[Face]]:
-        found = analyzer.detect_faces(rgb_uint8_to_tensors(np.stack(rgb)))
+        found = analyzer.detect_faces(rgb_uint8_to_bytes(np.stack(rgb)))
         largest = [
             sorted(faces, key=lambda f: -float(np.prod(f.bbox[2:] - f.bbox[:2])))[: config.faces] for faces in found
         ]

@@ -14,7 +14,15 @@ from ..blend import COLOUR_METHODS, MASK_KINDS
 from ..errors import BadInputError
 from ..files import check_input_file, check_output_path, check_outputs_not_inputs
 from ..identity import IDENTITY_SUFFIX, extract_identity, load_identity, mix_coarse_fine
-from ..images import ALPHA_SUFFIXES, MIN_IMAGE_SIDE, check_image_file, load_alpha, load_image, save_image
+from ..images import (
+    ALPHA_SUFFIXES,
+    MIN_IMAGE_SIDE,
+    as_float_images,
+    check_image_file,
+    load_alpha,
+    load_image,
+    save_image,
+)
 from ..masks import OCCLUDER_NAMES, PARSER_NAMES, FaceMaskSpec
 from ..pipeline import (
     DEFAULT_CHUNK_SIZE,
@@ -536,7 +544,7 @@ def save_pose_debug(result: SwapResult, folder: Path) -> int:
         chosen = [i for i, report in enumerate(reports) if report.image_index == frame]
         local = frame - result.frame_offset
         picture = draw_pose_overlay(
-            result.images[local : local + 1],
+            as_float_images(result.images[local : local + 1]),  # a video's frames are bytes
             targets[chosen],
             results[chosen],
             [reports[i] for i in chosen],
