@@ -1316,6 +1316,29 @@ def ensure_model(
     return target  # hashed while staged, checked against the Hub's size and ETag and the lock's pin
 
 
+def resolve_onnx_model(
+    model: str | os.PathLike[str], *, kinds: Sequence[str], what: str, names: Sequence[str], model_dir: Path | None
+) -> tuple[Path, ModelSpec | None]:
+    """A model given by registry name (one of ``kinds``; fetched into ``model_dir``) or as a local .onnx path:
+    its path, and its registry entry (None for a local file). ``what`` names it in messages ("face restorer")
+    and ``names`` are the registry names offered in them."""
+    text = os.fspath(model)
+    choices = ", ".join(names)
+    if text in MODELS:
+        spec = MODELS[text]
+        if spec.kind not in kinds:
+            raise BadInputError(f"{text} is a {spec.kind}, not a {what}", where=what, fix=f"use one of {choices}")
+        if model_dir is None:
+            raise BadInputError(f"a registry {what} needs the model folder", where=what, fix="pass model_dir")
+        return ensure_model(text, model_dir), spec
+    path = Path(text)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        raise BadInputError(
+            f"unknown {what} {text!r}", where=what, fix=f"use one of {choices}, or the path of an .onnx file"
+        )
+    return path, None
+
+
 def resolve_dlib_recognizer(model_dir: Path, *, offline: bool | None = None) -> Path:
     """dlib's recogniser file: from the model folder, else from an installed ``face-recognition-models``
     package (used in place, recorded in the lock file), else downloaded (:func:`ensure_model`)."""

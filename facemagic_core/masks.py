@@ -303,29 +303,15 @@ def load_mask_model(
     """An occluder (xseg_*) or a parser (bisenet_*) by registry name (fetched into ``model_dir``) or .onnx path.
 
     A local file is told apart by its input layout: channels last is XSeg, channels first BiSeNet."""
-    from .hub import MODELS, ensure_model
+    from .hub import resolve_onnx_model
 
-    text = os.fspath(model)
-    if text in MODELS:
-        spec = MODELS[text]
-        if spec.kind not in ("occluder", "parser"):
-            raise BadInputError(
-                f"{text} is a {spec.kind}, not a mask model",
-                where="mask model",
-                fix=f"use one of {', '.join(OCCLUDER_NAMES + PARSER_NAMES)}",
-            )
-        if model_dir is None:
-            raise BadInputError("a registry mask model needs the model folder", where="load_mask_model")
-        path = ensure_model(text, model_dir)
+    names = OCCLUDER_NAMES + PARSER_NAMES
+    path, spec = resolve_onnx_model(
+        model, kinds=("occluder", "parser"), what="mask model", names=names, model_dir=model_dir
+    )
+    if spec is not None:
         cls: type[FaceOccluder] | type[FaceParser] = FaceOccluder if spec.kind == "occluder" else FaceParser
-        return cls(path, name=text, providers=providers)
-    path = Path(text)
-    if path.suffix.lower() != ".onnx" or not path.is_file():
-        raise BadInputError(
-            f"unknown mask model {text!r}",
-            where="mask model",
-            fix=f"use one of {', '.join(OCCLUDER_NAMES + PARSER_NAMES)}, or the path of an .onnx file",
-        )
+        return cls(path, name=spec.name, providers=providers)
     try:
         return FaceOccluder(path, providers=providers)
     except BadInputError:

@@ -275,28 +275,13 @@ def load_restorer(
     runtime: RestorerRuntime = "auto",
 ) -> FaceRestorer:
     """A restorer by registry name (:data:`RESTORER_NAMES`, fetched into ``model_dir``) or .onnx path."""
-    from .hub import MODELS, ensure_model
+    from .hub import resolve_onnx_model
 
-    text = os.fspath(model)
-    if text in MODELS:
-        spec = MODELS[text]
-        if spec.kind != "restorer":
-            raise BadInputError(
-                f"{text} is a {spec.kind}, not a face restorer",
-                where="face restorer",
-                fix=f"use one of {', '.join(RESTORER_NAMES)}",
-            )
-        if model_dir is None:
-            raise BadInputError("a registry restorer needs the model folder", where="load_restorer")
-        path = ensure_model(text, model_dir)
-        return FaceRestorer(path, name=text, providers=providers, device=device, runtime=runtime)
-    path = Path(text)
-    if path.suffix.lower() != ".onnx" or not path.is_file():
-        raise BadInputError(
-            f"unknown face restorer {text!r}",
-            where="face restorer",
-            fix=f"use one of {', '.join(RESTORER_NAMES)}, or the path of a restorer .onnx file",
-        )
+    path, spec = resolve_onnx_model(
+        model, kinds=("restorer",), what="face restorer", names=RESTORER_NAMES, model_dir=model_dir
+    )
+    if spec is not None:
+        return FaceRestorer(path, name=spec.name, providers=providers, device=device, runtime=runtime)
     return FaceRestorer(path, providers=providers, device=device, runtime=runtime)
 
 
