@@ -68,11 +68,11 @@ def identity_input(
     return IdentitySocket.Input(name, display_name=name, tooltip=tooltip, optional=optional)
 
 
-def face_order_input(tooltip: str | None = None) -> io.Input:
+def face_order_input(tooltip: str | None = None, *, default: str = "largest") -> io.Input:
     return io.Combo.Input(
         "face_order",
         options=list(FACE_ORDERS),
-        default="largest",
+        default=default,
         display_name="face order",
         tooltip=tooltip
         or "How the faces found in a picture are ordered before face_index picks one "

@@ -9,17 +9,26 @@ from collections import Counter
 import torch
 
 from facemagic_core.analysis import FaceAnalyzer
-from facemagic_core.blend import MASK_KINDS
 from facemagic_core.errors import BadInputError
-from facemagic_core.mapping import DEFAULT_REFERENCE_THRESHOLD, FaceMapping, parse_face_choice
-from facemagic_core.pipeline import NO_FACE_POLICIES, SwapOptions, swap_faces
-from facemagic_core.tracking import DEFAULT_MAX_GAP, TrackingConfig
-from facemagic_core.types import FACE_ORDERS, Identity
+from facemagic_core.mapping import FaceMapping, parse_face_choice
+from facemagic_core.pipeline import SwapOptions, swap_faces
+from facemagic_core.tracking import TrackingConfig
+from facemagic_core.types import Identity
 
 from ._comfy import io, text_ui
-from .common import CATEGORY, SWAP_ALIASES, advanced, analyzer_input, generator_input, identity_input, node_schema
+from .common import (
+    CATEGORY,
+    SWAP_ALIASES,
+    advanced,
+    analyzer_input,
+    face_order_input,
+    generator_input,
+    identity_input,
+    node_schema,
+)
 from .memory import GeneratorHandle
 from .progress import comfy_errors, comfy_progress
+from .swap_nodes import mask_input, no_face_input, reference_threshold_input, strength_input, track_gap_input
 from .tensors import images_as_core_view, images_to_comfy, masks_to_comfy
 
 logger = logging.getLogger(__name__)
@@ -108,56 +117,23 @@ class FaceMagicSwapSeveralPeople(io.ComfyNode):
                     tooltip="One line per identity: 0, 1... (the face number in the face order), all, ref (the face "
                     "most like its reference), female or male, age:18-60; join with commas, e.g. female,age:18-.",
                 ),
-                io.Combo.Input(
-                    "face_order",
-                    options=list(FACE_ORDERS),
-                    default="left_to_right",
-                    display_name="face order",
-                    tooltip="How the faces of a frame are counted for the face numbers.",
-                ),
-                io.Float.Input(
-                    "reference_threshold",
-                    default=DEFAULT_REFERENCE_THRESHOLD,
-                    min=-1.0,
-                    max=1.0,
-                    step=0.01,
-                    display_name="reference threshold",
-                    tooltip="Smallest identity similarity a face needs to count as a reference's person.",
+                face_order_input("How the faces of a frame are counted for the face numbers.", default="left_to_right"),
+                reference_threshold_input(
+                    "Smallest identity similarity a face needs to count as a reference's person.",
+                    optional=False,
                     **advanced(),
                 ),
-                io.Int.Input(
-                    "track_gap",
-                    default=DEFAULT_MAX_GAP,
-                    min=0,
-                    max=60,
-                    display_name="track gap",
-                    tooltip="Video: frames a followed face may be missed by the detector and still be swapped (its "
-                    "place interpolated). 0 turns following off (each frame on its own).",
+                track_gap_input(
+                    "Video: frames a followed face may be missed by the detector and still be swapped (its place "
+                    "interpolated). 0 turns following off (each frame on its own).",
+                    optional=False,
                     **advanced(),
                 ),
-                io.Float.Input(
-                    "strength",
-                    default=1.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
-                    display_mode=io.NumberDisplay.slider,
-                    tooltip="How much of each identity is injected: 1 is the full swap.",
-                ),
-                io.Combo.Input(
-                    "mask",
-                    options=list(MASK_KINDS),
-                    default="ellipse",
-                    display_name="mask shape",
-                    tooltip="Where the swapped faces are pasted: ellipse, box, or hull (needs buffalo_l).",
-                ),
-                io.Combo.Input(
-                    "no_face",
-                    options=list(NO_FACE_POLICIES),
+                strength_input("How much of each identity is injected: 1 is the full swap."),
+                mask_input("Where the swapped faces are pasted: ellipse, box, or hull (needs buffalo_l)."),
+                no_face_input(
+                    "A frame where none of the chosen faces is found: pass it unchanged, or stop with an error.",
                     default="pass",
-                    display_name="no face",
-                    tooltip="A frame where none of the chosen faces is found: pass it unchanged, or stop with an "
-                    "error.",
                 ),
                 *identities[1:],
                 *references,

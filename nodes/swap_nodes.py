@@ -195,7 +195,7 @@ def crops_coming_back(data: SwapData, crops: torch.Tensor) -> list[FaceCrops | N
 # Inputs shared by the swap nodes
 
 
-def _strength_input() -> io.Input:
+def strength_input(tooltip: str | None = None) -> io.Input:
     return io.Float.Input(
         "strength",
         default=1.0,
@@ -203,7 +203,8 @@ def _strength_input() -> io.Input:
         max=1.0,
         step=0.01,
         display_mode=io.NumberDisplay.slider,
-        tooltip="How much of the identity is injected: 1 is the full swap, 0 injects none (the face keeps its own "
+        tooltip=tooltip
+        or "How much of the identity is injected: 1 is the full swap, 0 injects none (the face keeps its own "
         "identity, as the generator redraws it).",
     )
 
@@ -228,40 +229,47 @@ def _reference_input() -> io.Input:
     )
 
 
-def _reference_threshold_input() -> io.Input:
+def reference_threshold_input(tooltip: str | None = None, *, optional: bool = True, **extra: Any) -> io.Input:
+    """``extra``: more keywords of the input (:func:`advanced`'s)."""
     return io.Float.Input(
         "reference_threshold",
         default=DEFAULT_REFERENCE_THRESHOLD,
         min=-1.0,
         max=1.0,
         step=0.01,
-        optional=True,
         display_name="reference threshold",
-        tooltip="With a reference: faces less similar to it than this are never swapped, so nobody else is swapped "
+        tooltip=tooltip
+        or "With a reference: faces less similar to it than this are never swapped, so nobody else is swapped "
         "while that person is out of the shot (-1 keeps every face).",
+        optional=optional,
+        **extra,
     )
 
 
-def _track_gap_input() -> io.Input:
+def track_gap_input(tooltip: str | None = None, *, optional: bool = True, **extra: Any) -> io.Input:
+    """``extra``: more keywords of the input (:func:`advanced`'s)."""
     return io.Int.Input(
         "track_gap",
         default=DEFAULT_MAX_GAP,
         min=0,
         max=60,
-        optional=True,
         display_name="track gap",
-        tooltip="Video frames: faces are followed from frame to frame, and a face the detector misses for up to this "
+        tooltip=tooltip
+        or "Video frames: faces are followed from frame to frame, and a face the detector misses for up to this "
         "many frames is still swapped (its place interpolated), so it does not flicker. 0 turns following off.",
+        optional=optional,
+        **extra,
     )
 
 
-def _no_face_input() -> io.Input:
+def no_face_input(tooltip: str | None = None, *, default: str = "error") -> io.Input:
     return io.Combo.Input(
         "no_face",
         options=list(NO_FACE_POLICIES),
-        default="error",
+        default=default,
         display_name="no face",
-        tooltip="A frame without the face asked for: error stops the run and names the frame; pass returns the "
+        tooltip=tooltip
+        or "A frame without the face asked for: error stops the run and names the frame; pass returns the "
         "frame unchanged (useful for videos).",
     )
 
@@ -290,16 +298,21 @@ def _face_selection(
     }
 
 
+def mask_input(tooltip: str | None = None) -> io.Input:
+    return io.Combo.Input(
+        "mask",
+        options=list(MASK_KINDS),
+        default="ellipse",
+        display_name="mask shape",
+        tooltip=tooltip
+        or "Where the swapped face is pasted: ellipse (the usual choice), box, or hull (the outline of "
+        "the 68/106-point landmarks; needs the buffalo_l or antelopev2 analyzer).",
+    )
+
+
 def _mask_inputs() -> list[io.Input]:
     return [
-        io.Combo.Input(
-            "mask",
-            options=list(MASK_KINDS),
-            default="ellipse",
-            display_name="mask shape",
-            tooltip="Where the swapped face is pasted: ellipse (the usual choice), box, or hull (the outline of "
-            "the 68/106-point landmarks; needs the buffalo_l or antelopev2 analyzer).",
-        ),
+        mask_input(),
         io.Float.Input(
             "erosion",
             default=0.05,
@@ -349,7 +362,7 @@ class FaceMagicSwap(io.ComfyNode):
                 identity_input(tooltip="The person to put into the pictures."),
                 generator_input(),
                 analyzer_input("Face analyzer that finds the target faces (it must use the generator's recogniser)."),
-                _strength_input(),
+                strength_input(),
                 face_order_input(),
                 _face_index_input(),
                 io.Int.Input(
@@ -362,9 +375,9 @@ class FaceMagicSwap(io.ComfyNode):
                     **advanced(),
                 ),
                 _smoothing_input(),
-                _no_face_input(),
+                no_face_input(),
                 _reference_input(),
-                _reference_threshold_input(),
+                reference_threshold_input(),
                 io.Combo.Input(
                     "crop_output",
                     options=list(CROP_OUTPUTS),
@@ -710,7 +723,7 @@ class FaceMagicSwapFaces(io.ComfyNode):
                 identity_input(tooltip="The person to put into the pictures."),
                 generator_input(),
                 analyzer_input("Face analyzer that finds the target faces (it must use the generator's recogniser)."),
-                _strength_input(),
+                strength_input(),
                 face_order_input(),
                 _face_index_input(),
                 *_mask_inputs(),
@@ -730,10 +743,10 @@ class FaceMagicSwapFaces(io.ComfyNode):
                     "(original).",
                 ),
                 _smoothing_input(),
-                _no_face_input(),
+                no_face_input(),
                 _reference_input(),
-                _reference_threshold_input(),
-                _track_gap_input(),
+                reference_threshold_input(),
+                track_gap_input(),
             ],
             outputs=[
                 io.Image.Output("swapped_images", display_name="images", tooltip="The frames with swapped faces."),
