@@ -31,7 +31,9 @@ Stage functions, in pipeline order (the ComfyUI nodes call these; :func:`swap_fa
     swap_video(source, output, identities, analyzer, generator, options=None, progress=None, *,
                max_frames=None, on_result=None) -> VideoSwapSummary
 
-Layout: frames are ``(N, 3, H, W)`` float RGB in [0, 1]; ``F`` faces are numbered frame by
+Layout: frames are ``(N, 3, H, W)`` float RGB in [0, 1], or ``uint8`` byte frames (a video's, as
+decoded), which stay bytes from the decoder to the encoder: alignment samples only the face regions
+in float and paste-back blends those regions and writes bytes; ``F`` faces are numbered frame by
 frame, in selection order within a frame; crops are ``(F, 3, C, C)`` with ``C = weave *
 generator.input_size``; ``matrices`` ``(F, 2, 3)`` map frame pixels to crop pixels. From
 alignment to paste-back every tensor stays on the generator's device (detection, the one
@@ -347,8 +349,8 @@ class PoseCheck:
 class SwapResult:
     """What :func:`swap_faces` returns."""
 
-    images: Tensor  # (N, 3, H, W) new tensor, the input's dtype and device
-    masks: Tensor  # (N, H, W) where each frame was changed (max of its face masks), in [0, 1]
+    images: Tensor  # (N, 3, H, W) new tensor, the input's dtype and device (uint8 byte frames stay bytes)
+    masks: Tensor  # (N, H, W) where each frame was changed (max of its face masks), in [0, 1] (0..255 for bytes)
     frames_without_face: tuple[int, ...]  # frames returned unchanged because no face was chosen (frame_offset added)
     face_counts: tuple[int, ...]  # faces swapped per frame
     pose_reports: tuple[PoseReport, ...] = ()  # with options.pose_check, one per face (image_index with frame_offset)
@@ -1544,6 +1546,10 @@ def swap_faces(
     total_frames: int | None = None,
 ) -> SwapResult:
     """Swap the chosen faces of every frame of ``images`` ``(N, 3, H, W)``; returns a :class:`SwapResult`.
+
+    ``images`` are float in [0, 1] or ``uint8`` byte frames (0..255, as :func:`video.iter_frames` gives them
+    with ``as_bytes``): byte frames are never converted whole; only the face regions are sampled and blended
+    in float, and the result is bytes again.
 
     Works through the frames in chunks of ``options.chunk_size``: choose faces (CPU
     detection), smooth them (``options.smoothing`` or an explicit ``tracker``, which carries
