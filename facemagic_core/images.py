@@ -324,7 +324,8 @@ def tensor_to_rgb_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:
 
 def tensors_to_rgb_uint8(images: torch.Tensor) -> npt.NDArray[np.uint8]:
     """``(N, 3, H, W)`` float tensors in [0, 1] → ``(N, H, W, 3)`` uint8 RGB arrays, converted on their device (no copy
-    for channels-last tensors, which :func:`rgb_uint8_to_tensor` makes)."""
+    for channels-last tensors, which :func:`rgb_uint8_to_tensor` makes). Channels-last byte frames on the CPU come
+    back as a view of their own memory (no copy): read it, or copy it before writing into it."""
     return _to_uint8(images).permute(0, 2, 3, 1).contiguous().numpy()
 
 

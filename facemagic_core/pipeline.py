@@ -1065,16 +1065,16 @@ def blend_swap(
 ) -> tuple[Tensor, Tensor]:
     """Paste the swapped crops back into (copies of) the frames: returns ``(frames, masks (N, H, W))``.
 
-    The face mask (``mask`` kind with ``erosion`` and ``feather``, in crop space) is combined
-    by minimum with the generator's own soft mask (when it has one and ``generator_mask``),
-    with ``crop_mask`` ``(F, 1, C, C)`` (occlusion, region and landmark-area masks made by
-    :func:`masks.create_finish_masks`) and with ``external_mask`` (frame space, ``(N, H, W)``,
-    the limit mask; it is warped into each crop, and where it is 0 the frame stays exact). ``colour`` matches the
-    swapped face's colours to the target crop. ``keep_faces`` ``(F,)`` leaves out faces marked False (their frame
-    pixels stay exactly as they were). ``finished`` (restored crops, or crops that came back from other nodes, in a
-    crop space of their own) is pasted instead of the swapped crops: the mask is built in the swapped crops' space
-    as always and warped into theirs. Outside the final mask, output pixels equal the input's bit for bit. Runs on
-    the batch's device; returns the frames' dtype and device.
+    The face mask (``mask`` kind with ``erosion`` and ``feather``, in crop space) is combined by minimum with the
+    generator's own soft mask (when it has one and ``generator_mask``), with ``crop_mask`` ``(F, 1, C, C)``
+    (occlusion, region and landmark-area masks made by :func:`masks.create_finish_masks`) and with ``external_mask``
+    (frame space, ``(N, H, W)``, floats in [0, 1] or bytes 0..255, the limit mask; it is warped into each crop, and
+    where it is 0 the frame stays exact). ``colour`` matches the swapped face's colours to the target crop.
+    ``keep_faces`` ``(F,)`` leaves out faces marked False (their frame pixels stay exactly as they were).
+    ``finished`` (restored crops, or crops that came back from other nodes, in a crop space of their own) is pasted
+    instead of the swapped crops: the mask is built in the swapped crops' space as always and warped into theirs.
+    Outside the final mask, output pixels equal the input's bit for bit. Runs on the batch's device; returns the
+    frames' dtype and device.
     """
     _check_frames(frames, where="frames to blend")
     if frames.shape[0] != batch.num_frames or tuple(frames.shape[2:]) != batch.frame_size:
@@ -1096,6 +1096,8 @@ def blend_swap(
     device = batch.crops.device
     count, size = batch.num_faces, batch.crop_size
     as_bytes = is_byte_frames(frames)  # byte frames stay bytes; only the face regions are blended in float
+    if external_mask is not None and external_mask.dtype == torch.uint8:
+        external_mask = external_mask.float() / 255  # a byte mask (a byte swap's own) is 0..255
     work = frames.to(device) if as_bytes else frames.to(device=device, dtype=torch.float32)
     landmarks = None
     if mask == "hull" and count:

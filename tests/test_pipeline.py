@@ -175,6 +175,7 @@ def test_byte_frames_swap_like_float_frames(
     before = as_bytes.clone()
     limit = torch.ones(2, *as_bytes.shape[2:])
     limit[:, :, : as_bytes.shape[3] // 2] = 0.0  # the left half may not change
+    limit[:, :, as_bytes.shape[3] // 2 :] = 0.6  # the right half only partly
     ours = swap_faces(as_bytes, unit_identity(1), analyzer, generator, options, external_mask=limit)
     theirs = swap_faces(as_bytes.float() / 255, unit_identity(1), analyzer, generator, options, external_mask=limit)
     assert torch.equal(as_bytes, before)
@@ -187,6 +188,12 @@ def test_byte_frames_swap_like_float_frames(
     assert int(changed.sum()) > 500 and not bool(changed[:, :, : as_bytes.shape[3] // 2].any())
     assert not bool((changed & (ours.masks == 0)).any())
     assert float((ours.masks.float() / 255 - theirs.masks).abs().max()) <= 0.5 / 255 + 1e-6
+    # A byte limit (a byte swap's own mask, 0..255) limits as its float form does.
+    as_byte_limit = limit.mul(255).round().byte()  # 153 for 0.6
+    byte_limit = swap_faces(as_bytes, unit_identity(1), analyzer, generator, options, external_mask=as_byte_limit)
+    assert int((byte_limit.images.int() - ours.images.int()).abs().max()) <= 1
+    assert int((byte_limit.masks.int() - ours.masks.int()).abs().max()) <= 1
+    assert 100 < int(byte_limit.masks.max()) <= 153  # limited to 0.6, not read as a 0/1 mask
 
 
 def test_frames_without_a_face_are_passed_through_and_reported(
