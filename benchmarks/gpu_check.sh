@@ -9,6 +9,14 @@ python - <<'PY' || { echo "no CUDA GPU visible to torch: see 'facemagic models d
 import torch, sys
 sys.exit(0 if torch.cuda.is_available() else 1)
 PY
+python - <<'PY' || exit 1
+import onnxruntime, sys
+if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+    print("the baseline (insightface's INSwapper) needs onnxruntime-gpu to run on the GPU, and this onnxruntime "
+          "has no CUDA provider. Install it in place of the CPU build (they share one folder):\n"
+          "  python -m pip uninstall -y onnxruntime onnxruntime-gpu && python -m pip install onnxruntime-gpu")
+    sys.exit(1)
+PY
 yunet=()
 [ $# -ge 1 ] && yunet=(--yunet "$1")
 out=$(mktemp -d)

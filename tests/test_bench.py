@@ -74,6 +74,7 @@ def test_benchmark_pairs_both_sides_on_the_same_faces(yunet_path: Path) -> None:
     for label in ("device", "versions", "frames", "network", "FaceMagic", "baseline", "shared", "timing"):
         assert any(line.strip().startswith(label) for line in lines), label
     assert "NARROWED" in table and "insightface INSwapper.get(paste_back=True)" in table
+    assert "on onnxruntime's CPUExecutionProvider" in table  # where the baseline really ran
     assert "6.0 faces swapped per frame" in table
     rows = {line[:26].strip(): line[26:].split() for line in lines if line.startswith("  ") and line[26:].strip()}
     for stage in ("decode (shared)", "detect (shared)", "generator", "total", "faces per second", "peak memory, MB"):

@@ -441,6 +441,12 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
         module.float()
         providers = onnx_providers("cpu" if device.type == "cpu" else str(device))
         session = create_session(onnx_path, providers=providers, what="baseline inswapper")
+        baseline_provider = str(session.get_providers()[0])
+        if device.type != "cpu" and baseline_provider == "CPUExecutionProvider":
+            say(
+                "WARNING: the baseline runs on the CPU: this onnxruntime has no GPU provider (insightface on a GPU "
+                "needs onnxruntime-gpu; 'facemagic models doctor' says how to install it without the CPU build)"
+            )
         with contextlib.redirect_stdout(io.StringIO()):  # INSwapper prints the input shape
             swapper = INSwapper(model_file=str(onnx_path), session=_TimedSession(session))
         generator = load_generator(
@@ -464,7 +470,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
         device_name=device_name(device),
         versions=_versions(),
         generator_runtime=runtime,
-        baseline_kind="insightface INSwapper.get(paste_back=True)",
+        baseline_kind=f"insightface INSwapper.get(paste_back=True) on onnxruntime's {baseline_provider}",
         width=config.width,
         gflop_per_face=inswapper_gflop(config.width, config.image_size),
         frame_size=(int(source_frames.shape[0]), int(source_frames.shape[1])),
