@@ -227,6 +227,30 @@ def covered_regions(matrices: torch.Tensor, size: tuple[int, int], height: int, 
     return torch.stack([x0, y0, x1, y1], dim=1).long()
 
 
+#: Faces whose regions are warped in one call cover at most this many pixels together (the float regions and their
+#: sampling grid take ~28 bytes a pixel): large faces of 4K frames go a few at a time, 1080p faces all at once.
+REGION_PIXEL_BUDGET = 1 << 22
+
+
+def region_groups(regions: torch.Tensor, budget: int | None = None) -> list[tuple[int, int, int, int]]:
+    """Consecutive faces ``(start, stop, height, width)`` whose ``(B, 4)`` regions (:func:`covered_regions`), padded
+    to the group's largest height and width, stay within ``budget`` pixels (default :data:`REGION_PIXEL_BUDGET`;
+    one face at least per group)."""
+    budget = REGION_PIXEL_BUDGET if budget is None else budget
+    spans = (regions[:, 2:] - regions[:, :2]).clamp_min(0).tolist()  # (B, 2) width, height
+    groups: list[tuple[int, int, int, int]] = []
+    start, height, width = 0, 1, 1
+    for face, (w, h) in enumerate(spans):
+        grown_h, grown_w = max(height, int(h)), max(width, int(w))
+        if face > start and (face + 1 - start) * grown_h * grown_w > budget:
+            groups.append((start, face, height, width))
+            start, grown_h, grown_w = face, max(1, int(h)), max(1, int(w))
+        height, width = grown_h, grown_w
+    if spans:
+        groups.append((start, len(spans), height, width))
+    return groups
+
+
 def _warp_byte_regions(
     images: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int], index: torch.Tensor
 ) -> torch.Tensor:
@@ -235,19 +259,22 @@ def _warp_byte_regions(
     The regions (padded with zeros to the largest) are what a full-frame warp would read, so the result is
     that of warping ``images / 255``; a face's region costs its own pixels, whatever the frame size.
     """
-    batch, channels = int(matrices.shape[0]), int(images.shape[1])
+    channels = int(images.shape[1])
     regions = covered_regions(matrices, size, int(images.shape[2]), int(images.shape[3]))
-    spans = (regions[:, 2:] - regions[:, :2]).clamp_min(0)
-    region_w, region_h = max(1, int(spans[:, 0].max())), max(1, int(spans[:, 1].max()))
-    patches = torch.zeros((batch, channels, region_h, region_w), device=images.device, dtype=torch.float32)
-    for face, ((x0, y0, x1, y1), frame) in enumerate(zip(regions.tolist(), index.tolist(), strict=True)):
-        if x1 > x0 and y1 > y0:
-            patches[face, :, : y1 - y0, : x1 - x0] = images[frame, :, y0:y1, x0:x1]  # bytes -> float, one region
-    patches.div_(255.0)
     # source -> output becomes region -> output: p = q + corner, so the translation gains A @ corner.
     shifted = matrices.detach().to("cpu", torch.float64).clone()
     shifted[:, :, 2] += (shifted[:, :, :2] @ regions[:, :2].to(torch.float64).unsqueeze(2)).squeeze(2)
-    return warp_affine(patches, shifted.to(device=images.device, dtype=torch.float32), size)
+    shifted = shifted.to(device=images.device, dtype=torch.float32)
+    corners, frames = regions.tolist(), index.tolist()
+    outputs = []
+    for start, stop, region_h, region_w in region_groups(regions):
+        patches = torch.zeros((stop - start, channels, region_h, region_w), device=images.device, dtype=torch.float32)
+        for face in range(start, stop):
+            x0, y0, x1, y1 = corners[face]
+            if x1 > x0 and y1 > y0:  # bytes -> float, one region
+                patches[face - start, :, : y1 - y0, : x1 - x0] = images[frames[face], :, y0:y1, x0:x1]
+        outputs.append(warp_affine(patches.div_(255.0), shifted[start:stop], size))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def warp_affine(

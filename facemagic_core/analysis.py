@@ -646,7 +646,14 @@ class FaceAnalyzer:
     def _analyze_checked(
         self, images: torch.Tensor, *, landmarks: bool, embeddings: bool, attributes: bool
     ) -> list[list[Face]]:
-        frames = _Frames(images, self.device)
+        # A frame's BGR copy is kept for the later stages only when one of them runs face by face on it.
+        runners = ([self._landmarks_3d68, self._landmarks_106] if landmarks else []) + (
+            [self._genderage] if attributes else []
+        )
+        reads_bgr = any(
+            runner is not None and not isinstance(runner, TorchLandmarks | TorchGenderAge) for runner in runners
+        )
+        frames = _Frames(images, self.device, keep_bgr=reads_bgr)
         per_image = self._detect(frames)
         flat = [face for faces in per_image for face in faces]
         if landmarks and self.has_dense_landmarks:
@@ -867,9 +874,10 @@ class _Frames:
     """One checked image batch in the forms the runners read, each made once: pixel values 0..255 on the
     torch models' device (the frames cross to it once, as bytes) and per-image ``uint8`` BGR arrays."""
 
-    def __init__(self, images: torch.Tensor, device: torch.device) -> None:
+    def __init__(self, images: torch.Tensor, device: torch.device, *, keep_bgr: bool = False) -> None:
         self.images = images
         self.device = device
+        self.keep_bgr = keep_bgr  # keep each BGR copy once made (for runners that read it again), else make it anew
         self.count = int(images.shape[0])
         self._pixels: torch.Tensor | None = None
         self._bgr: dict[int, np.ndarray] = {}
@@ -888,6 +896,8 @@ class _Frames:
         return self.pixels() / 255.0
 
     def bgr(self, index: int) -> np.ndarray:
+        if not self.keep_bgr:
+            return tensor_to_bgr_uint8(self.images[index])
         if index not in self._bgr:
             self._bgr[index] = tensor_to_bgr_uint8(self.images[index])
         return self._bgr[index]

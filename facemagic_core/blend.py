@@ -30,7 +30,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from .align import covered_regions, invert_affine, warp_affine
+from .align import covered_regions, invert_affine, region_groups, warp_affine
 from .errors import BadInputError
 from .types import Device
 
@@ -522,7 +522,7 @@ def paste_back(
     float and rounded back (half up); their mask comes back as bytes too (0..255).
     """
     index = _check_faces(frames, crops, masks, matrices, image_index, where="paste_back", allow_bytes=True)
-    num_frames, channels, height, width = (int(n) for n in frames.shape)
+    num_frames, _, height, width = (int(n) for n in frames.shape)
     batch, size = int(crops.shape[0]), int(crops.shape[2])
     device = frames.device
     compute = torch.float64 if frames.dtype == torch.float64 else torch.float32
@@ -548,18 +548,37 @@ def paste_back(
     shift[:, 1, 2] = regions[:, 1].to(shift.dtype)
     crop_to_region = (crop_to_frame - shift).to(device=device, dtype=compute)
     stacked = torch.cat([crops.to(device=device, dtype=compute), masks.to(device=device, dtype=compute)], dim=1)
-    warped = warp_affine(stacked, crop_to_region, (region_h, region_w))  # (B, 4, Rh, Rw)
 
     # Composite face by face, in batch order (a later face of a frame covers an earlier one), each into its own
     # region of its frame through views: a few elementwise operations on the region, no gathers or scatters.
+    # Faces are warped back a group at a time (all at once unless their regions are large: 4K close-ups).
     planes = frame_masks.view(num_frames, height, width)
-    for face, (x0, y0, x1, y1) in enumerate(regions.tolist()):
-        rows, cols = y1 - y0, x1 - x0
-        if rows <= 0 or cols <= 0:
-            continue
-        frame = int(index[face])
-        weight = warped[face, channels, :rows, :cols].clamp(0.0, 1.0)  # (h, w)
-        colour = warped[face, :channels, :rows, :cols]  # (C, h, w)
+    corners = regions.tolist()
+    for start, stop, group_h, group_w in region_groups(regions):
+        warped = warp_affine(stacked[start:stop], crop_to_region[start:stop], (group_h, group_w))  # (G, 4, h, w)
+        for face in range(start, stop):
+            _composite(output, planes, warped[face - start], corners[face], int(index[face]), as_bytes, compute)
+    logger.debug("pasted %d faces into %d frames (regions up to %dx%d)", batch, num_frames, region_w, region_h)
+    return output, frame_masks.reshape(num_frames, height, width).to(frames.dtype)
+
+
+def _composite(
+    output: torch.Tensor,
+    planes: torch.Tensor,
+    warped: torch.Tensor,
+    corner: list[int],
+    frame: int,
+    as_bytes: bool,
+    compute: torch.dtype,
+) -> None:
+    """Blend one warped face ``(C + 1, h, w)`` (colour, then weight) into its region of ``output[frame]`` in place, and
+    raise the frame mask ``planes[frame]`` to its weight there."""
+    x0, y0, x1, y1 = corner
+    rows, cols = y1 - y0, x1 - x0
+    channels = int(output.shape[1])
+    if rows > 0 and cols > 0:
+        weight = warped[channels, :rows, :cols].clamp(0.0, 1.0)  # (h, w)
+        colour = warped[:channels, :rows, :cols]  # (C, h, w)
         region = output[frame, :, y0:y1, x0:x1]  # a view into the output frame
         if as_bytes:
             # lerp is exact at its ends, so where the weight is 0 the byte comes back as it was.
@@ -571,11 +590,9 @@ def paste_back(
             region.lerp_(colour, weight)
         else:
             original = region.to(compute)
-            blended = (original + weight * (colour - original)).to(frames.dtype)
-            region.copy_(torch.where(weight >= 1.0, colour.to(frames.dtype), torch.where(weight > 0, blended, region)))
+            blended = (original + weight * (colour - original)).to(output.dtype)
+            region.copy_(torch.where(weight >= 1.0, colour.to(output.dtype), torch.where(weight > 0, blended, region)))
         torch.maximum(planes[frame, y0:y1, x0:x1], weight, out=planes[frame, y0:y1, x0:x1])  # frame mask = max
-    logger.debug("pasted %d faces into %d frames (regions up to %dx%d)", batch, num_frames, region_w, region_h)
-    return output, frame_masks.reshape(num_frames, height, width).to(frames.dtype)
 
 
 def poisson_blend(

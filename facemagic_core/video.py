@@ -374,32 +374,39 @@ def iter_frames(
 
 
 def _iter_frames(file: Path, chunk: int, max_frames: int | None, as_bytes: bool) -> Iterator[torch.Tensor]:
-    pending: list[npt.NDArray[np.uint8]] = []
-    count = 0
+    # Each decoded frame is copied at once into the chunk's own array (no list of frames beside it), and the
+    # generator keeps no reference to a chunk it has handed out: a chunk's memory is freed as soon as the
+    # caller lets go of it.
+    batch: list[npt.NDArray[np.uint8]] = []  # [the chunk's (chunk, H, W, 3) array] while it is filled
+    filled = count = 0
     frames = _rgb_frames(file, _kind(file))
     try:
         for frame in frames:
-            if pending and frame.shape != pending[0].shape:
+            if filled and frame.shape != batch[0].shape[1:]:
                 raise _unreadable(file, f"frame {count} is {frame.shape[1]}x{frame.shape[0]}, unlike the frames before")
-            pending.append(frame)
+            if not batch:
+                batch.append(np.empty((chunk, *frame.shape), np.uint8))
+            batch[0][filled] = frame
+            filled += 1
             count += 1
-            if len(pending) == chunk:
-                yield _to_batch(pending, as_bytes)
-                pending = []
+            del frame
+            if filled == chunk:
+                filled = 0
+                yield _to_batch(batch.pop(), as_bytes)
             if max_frames is not None and count >= max_frames:
                 break
     finally:
         close = getattr(frames, "close", None)
         if close is not None:
             close()
-    if pending:
-        yield _to_batch(pending, as_bytes)
+    if filled:
+        yield _to_batch(batch.pop()[:filled], as_bytes)
     if count == 0:
         raise _unreadable(file, "it holds no frames")
 
 
-def _to_batch(frames: list[npt.NDArray[np.uint8]], as_bytes: bool) -> torch.Tensor:
-    return rgb_uint8_to_bytes(np.stack(frames)) if as_bytes else rgb_uint8_to_tensors(np.stack(frames))
+def _to_batch(frames: npt.NDArray[np.uint8], as_bytes: bool) -> torch.Tensor:
+    return rgb_uint8_to_bytes(frames) if as_bytes else rgb_uint8_to_tensors(frames)
 
 
 def read_frames(path: str | os.PathLike[str], *, max_frames: int | None = None) -> torch.Tensor:

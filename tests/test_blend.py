@@ -248,6 +248,30 @@ def test_paste_back_into_byte_frames_rounds_the_float_result_and_keeps_the_rest(
     assert int(frame_masks[0].max()) == 255 and int(frame_masks[1].max()) == 0
 
 
+def test_large_faces_are_pasted_a_group_at_a_time_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faces go through warping in groups within a pixel budget (memory bounded for 4K close-ups); the groups keep
+    the batch order and change no value: one face per group pastes what all at once pastes, float and bytes alike."""
+    from facemagic_core import align
+
+    frames, crops, masks, matrices, image_index = scene()
+    regions = blend.face_regions(matrices, SIZE, 180, 240)
+    assert [group[:2] for group in align.region_groups(regions)] == [(0, 3)]
+    assert [group[:2] for group in align.region_groups(regions, budget=1)] == [(0, 1), (1, 2), (2, 3)]
+    spans = (regions[:, 2:] - regions[:, :2]).tolist()
+    two = align.region_groups(regions, budget=2 * max(w for w, _ in spans[:2]) * max(h for _, h in spans[:2]))
+    assert two[0][:2] == (0, 2) and two[0][2:] == (max(h for _, h in spans[:2]), max(w for w, _ in spans[:2]))
+    as_bytes = (frames * 255 + 0.5).to(torch.uint8)
+    together = [blend.paste_back(f, crops, masks, matrices, image_index) for f in (frames, as_bytes)]
+    together_crops = warp_affine(as_bytes, matrices, (SIZE, SIZE), image_index=image_index)
+    monkeypatch.setattr(align, "REGION_PIXEL_BUDGET", 1)
+    apart = [blend.paste_back(f, crops, masks, matrices, image_index) for f in (frames, as_bytes)]
+    for (out_a, mask_a), (out_b, mask_b) in zip(together, apart, strict=True):
+        assert torch.equal(out_a, out_b) and torch.equal(mask_a, mask_b)
+    # Sampling byte frames: the padded region sizes differ by group, which moves the coordinates by rounding only.
+    apart_crops = warp_affine(as_bytes, matrices, (SIZE, SIZE), image_index=image_index)
+    torch.testing.assert_close(apart_crops, together_crops, atol=1e-4, rtol=0)
+
+
 def test_paste_back_with_no_faces_and_bad_input() -> None:
     frames = torch.rand(2, 3, 64, 64)
     out, frame_masks = blend.paste_back(
