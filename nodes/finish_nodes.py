@@ -45,27 +45,38 @@ KeptArea = Literal["nothing", "mouth", "eyes", "mouth and eyes"]
 KEPT_AREAS: tuple[str, ...] = get_args(KeptArea)
 
 
+def _loader_schema(
+    node_id: str, display_name: str, aliases: tuple[str, ...], description: str, model: io.Input, output: io.Output
+) -> io.Schema:
+    """A model loader's schema: its ``model`` choice, the device choice, one output."""
+    return node_schema(
+        search_aliases=aliases,
+        node_id=node_id,
+        display_name=display_name,
+        category=CATEGORY,
+        description=description,
+        inputs=[model, io.Combo.Input("device", options=list(ONNX_DEVICES), default="auto", tooltip=DEVICE_TOOLTIP)],
+        outputs=[output],
+    )
+
+
 class FaceMagicRestorerLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(
-            search_aliases=("face restore model", "gfpgan", "codeformer", "gpen", "restoreformer"),
-            node_id="FaceMagicRestorerLoader",
-            display_name="FaceMagic Restorer Loader",
-            category=CATEGORY,
-            description="Loads a face restorer (GFPGAN 1.4, CodeFormer, GPEN-BFR, RestoreFormer++ as ONNX) for "
+        return _loader_schema(
+            "FaceMagicRestorerLoader",
+            "FaceMagic Restorer Loader",
+            ("face restore model", "gfpgan", "codeformer", "gpen", "restoreformer"),
+            "Loads a face restorer (GFPGAN 1.4, CodeFormer, GPEN-BFR, RestoreFormer++ as ONNX) for "
             "'FaceMagic Restore Faces'. Missing files are downloaded into models/facemagic/restorers on first use.",
-            inputs=[
-                io.Combo.Input(
-                    "model",
-                    options=list(RESTORER_NAMES),
-                    default="gfpgan_1.4",
-                    tooltip="gfpgan_1.4 (Apache-2.0) and codeformer (non-commercial; has a fidelity setting) work "
-                    "at 512 px; gpen_bfr_256 ... 2048 (non-commercial) at their size; restoreformer_plus_plus at 512.",
-                ),
-                io.Combo.Input("device", options=list(ONNX_DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
-            ],
-            outputs=[Restorer.Output("restorer", display_name="restorer", tooltip="The loaded face restorer.")],
+            io.Combo.Input(
+                "model",
+                options=list(RESTORER_NAMES),
+                default="gfpgan_1.4",
+                tooltip="gfpgan_1.4 (Apache-2.0) and codeformer (non-commercial; has a fidelity setting) work "
+                "at 512 px; gpen_bfr_256 ... 2048 (non-commercial) at their size; restoreformer_plus_plus at 512.",
+            ),
+            Restorer.Output("restorer", display_name="restorer", tooltip="The loaded face restorer."),
         )
 
     @classmethod
@@ -90,24 +101,20 @@ class FaceMagicRestorerLoader(io.ComfyNode):
 class FaceMagicMaskModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return node_schema(
-            search_aliases=("occlusion model", "xseg", "bisenet", "face parsing"),
-            node_id="FaceMagicMaskModelLoader",
-            display_name="FaceMagic Mask Model Loader",
-            category=CATEGORY,
-            description="Loads an occlusion model (XSeg: keeps hands, glasses, microphones in front of the face) or a "
+        return _loader_schema(
+            "FaceMagicMaskModelLoader",
+            "FaceMagic Mask Model Loader",
+            ("occlusion model", "xseg", "bisenet", "face parsing"),
+            "Loads an occlusion model (XSeg: keeps hands, glasses, microphones in front of the face) or a "
             "face parser (BiSeNet: swap only chosen regions) for 'FaceMagic Face Mask'.",
-            inputs=[
-                io.Combo.Input(
-                    "model",
-                    options=list(OCCLUDER_NAMES + PARSER_NAMES),
-                    default="xseg_1",
-                    tooltip="xseg_1, xseg_2, xseg_3: occlusion (DeepFaceLab's XSeg, GPL-3.0); bisenet_resnet_18 / "
-                    "34: face parsing into skin, brows, eyes, nose, lips... (MIT).",
-                ),
-                io.Combo.Input("device", options=list(ONNX_DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
-            ],
-            outputs=[MaskModel.Output("mask_model", display_name="mask model", tooltip="The loaded mask model.")],
+            io.Combo.Input(
+                "model",
+                options=list(OCCLUDER_NAMES + PARSER_NAMES),
+                default="xseg_1",
+                tooltip="xseg_1, xseg_2, xseg_3: occlusion (DeepFaceLab's XSeg, GPL-3.0); bisenet_resnet_18 / "
+                "34: face parsing into skin, brows, eyes, nose, lips... (MIT).",
+            ),
+            MaskModel.Output("mask_model", display_name="mask model", tooltip="The loaded mask model."),
         )
 
     @classmethod
