@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import BadInputError
-from .images import check_images
+from .images import check_images, is_byte_frames
 from .types import Face, FloatArray
 
 logger = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ def warp_affine(
     if batch == 0:
         empty = torch.float32 if images.dtype == torch.uint8 else images.dtype
         return torch.zeros((0, channels, out_h, out_w), device=device, dtype=empty)
-    if images.dtype == torch.uint8:
+    if is_byte_frames(images):
         return _warp_byte_regions(images, matrices, (out_h, out_w), index)
 
     # For every output pixel (x, y), the source pixel it samples: cv2's dst(x, y) = src(M^-1 [x, y, 1]),
@@ -379,7 +379,7 @@ def warp_affine(
 def frames_to_sample(frames: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """``frames`` on ``device`` as :func:`warp_affine` samples them: byte frames stay bytes (only face regions are
     converted), float frames become float32."""
-    if frames.dtype == torch.uint8:
+    if is_byte_frames(frames):
         return frames.to(device)
     return frames.to(device=device, dtype=torch.float32)
 

@@ -46,7 +46,7 @@ from . import runtime, torch_models
 from .align import align_faces
 from .errors import BadInputError, FaceMagicError, ModelIntegrityError, ModelNotFoundError
 from .files import check_input_file
-from .images import check_images, tensor_to_bgr_uint8
+from .images import check_images, float_to_bytes, is_byte_frames, tensor_to_bgr_uint8
 from .runtime import requested_providers as _requested_providers
 from .runtime import resolve_device as _resolve_device
 from .torch_models import ModelRuntime, TorchFaceDetector, TorchGenderAge, TorchLandmarks, TorchRecognizer
@@ -688,7 +688,7 @@ class FaceAnalyzer:
             return [*faces]
         size = int(self.recognizer_input_size or 0)
         template = str(getattr(self._recognizer, "template", "arcface"))
-        if frames.images.dtype == torch.uint8:  # byte frames: alignment converts only the face regions
+        if is_byte_frames(frames.images):  # alignment converts only the face regions
             source = frames.images.to(self.device) if self._uses_device_frames else frames.images
         else:
             source = frames.unit() if self._uses_device_frames else frames.images
@@ -885,9 +885,8 @@ class _Frames:
     def pixels(self) -> torch.Tensor:
         """``(B, 3, H, W)`` float32 RGB 0..255 (whole numbers, rounded as :func:`tensor_to_bgr_uint8` does)."""
         if self._pixels is None:
-            as_bytes = self.images.detach()
-            if as_bytes.dtype != torch.uint8:  # float frames in [0, 1]; byte frames are already so
-                as_bytes = as_bytes.float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+            # float frames in [0, 1] become bytes first (the values insightface's runners see); byte frames are so
+            as_bytes = self.images.detach() if is_byte_frames(self.images) else float_to_bytes(self.images)
             self._pixels = as_bytes.to(self.device).float()
         return self._pixels
 

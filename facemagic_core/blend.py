@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .align import covered_regions, invert_affine, region_groups, warp_affine
 from .errors import BadInputError
+from .images import float_to_bytes, is_byte_frames
 from .types import Device
 
 logger = logging.getLogger(__name__)
@@ -526,7 +527,7 @@ def paste_back(
     batch, size = int(crops.shape[0]), int(crops.shape[2])
     device = frames.device
     compute = torch.float64 if frames.dtype == torch.float64 else torch.float32
-    as_bytes = frames.dtype == torch.uint8
+    as_bytes = is_byte_frames(frames)
     output = frames.detach().clone()  # in the frames' own memory layout (channels-last frames stay so)
     mask_dtype = torch.uint8 if as_bytes else compute
     frame_masks = torch.zeros((num_frames * height * width,), device=device, dtype=mask_dtype)
@@ -583,7 +584,7 @@ def _composite(
         if as_bytes:
             # lerp is exact at its ends, so where the weight is 0 the byte comes back as it was.
             region.copy_(region.to(compute).lerp_(colour * 255.0, weight).add_(0.5).clamp_(0.0, 255.0))
-            weight = weight.mul(255.0).add_(0.5).to(torch.uint8)
+            weight = float_to_bytes(weight)
         elif region.dtype == compute:
             # One pass: lerp gives the frame's own values exactly where the weight is 0 and the crop's exactly
             # where it is 1 (torch.lerp computes from the nearer end).

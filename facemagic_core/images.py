@@ -309,12 +309,17 @@ def rgb_uint8_to_tensors(rgb: npt.NDArray[np.uint8], device: torch.device | str 
     return torch.from_numpy(np.ascontiguousarray(rgb)).to(device).float().div_(255.0).permute(0, 3, 1, 2)
 
 
+def float_to_bytes(values: torch.Tensor) -> torch.Tensor:
+    """Values in [0, 1] as bytes 0..255 on their device, rounded half up (beyond [0, 1]: clamped); a new tensor."""
+    return values.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+
+
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:
     """``(3, H, W)`` float in [0, 1] → uint8 on the CPU, rounded half up; converted on the image's device first
     so a GPU image crosses the bus as bytes."""
     if image.dtype == torch.uint8:  # byte frames already
         return image.detach().cpu()
-    return image.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).cpu()
+    return float_to_bytes(image).cpu()
 
 
 def tensor_to_rgb_uint8(image: torch.Tensor) -> npt.NDArray[np.uint8]:

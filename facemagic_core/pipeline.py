@@ -82,7 +82,7 @@ from .blend import (
 )
 from .errors import BadInputError, CancelledError, IncompatibleIdentityError, NoFaceError, OutOfMemoryError
 from .generators.base import SwapModel, SwapOutput, is_out_of_memory, swap_woven
-from .images import check_images, is_byte_frames
+from .images import check_images, float_to_bytes, is_byte_frames
 from .mapping import FaceMapping
 from .pose import FAILURE_POLICIES, FailurePolicy, PoseReport, PoseThresholds, apply_pose_policy, check_pose
 from .tracking import FaceTracks, TrackedFace, TrackingConfig
@@ -1098,7 +1098,7 @@ def blend_swap(
     as_bytes = is_byte_frames(frames)  # byte frames stay bytes; only the face regions are blended in float
     if external_mask is not None and external_mask.dtype == torch.uint8:
         external_mask = external_mask.float() / 255  # a byte mask (a byte swap's own) is 0..255
-    work = frames.to(device) if as_bytes else frames.to(device=device, dtype=torch.float32)
+    work = frames_to_sample(frames, device)
     landmarks = None
     if mask == "hull" and count:
         dense = [face.landmarks for face in batch.faces]
@@ -1147,8 +1147,8 @@ def blend_swap(
         pasted = match_colour(pasted, reference, face_masks, colour)
     if poisson and as_bytes:  # the Poisson solve works on float frames
         output, masks = poisson_blend(work.float().div_(255.0), pasted, face_masks, matrices, batch.image_index)
-        output = torch.where((masks > 0).unsqueeze(1), _float_to_bytes(output), work)
-        masks = _float_to_bytes(masks)
+        output = torch.where((masks > 0).unsqueeze(1), float_to_bytes(output), work)
+        masks = float_to_bytes(masks)
     else:
         blend = poisson_blend if poisson else paste_back
         output, masks = blend(work, pasted, face_masks, matrices, batch.image_index)
@@ -1156,7 +1156,7 @@ def blend_swap(
         # Warping the limit into a crop and back blurs its edge by a pixel: where it is 0 in the frame, the
         # frame's own pixels are kept exactly, and the frame mask never exceeds it.
         limit = external_mask.reshape(-1, *batch.frame_size).to(device=device, dtype=torch.float32).clamp(0, 1)
-        masks = torch.minimum(masks, _float_to_bytes(limit) if as_bytes else limit.to(masks.dtype))
+        masks = torch.minimum(masks, float_to_bytes(limit) if as_bytes else limit.to(masks.dtype))
         output = torch.where((limit <= 0).unsqueeze(1), work, output)
     if frames.dtype != torch.float32 and not as_bytes:
         # Cast back only what changed, so unchanged pixels keep their exact input values.
@@ -1164,11 +1164,6 @@ def blend_swap(
         exact = frames.to(device)
         output = torch.where(changed.unsqueeze(1), output.to(frames.dtype), exact)
     return output.to(device=frames.device, dtype=frames.dtype), masks.to(device=frames.device, dtype=frames.dtype)
-
-
-def _float_to_bytes(values: Tensor) -> Tensor:
-    """Values in [0, 1] as bytes 0..255, rounded half up (as images.tensor_to_rgb_uint8 rounds)."""
-    return values.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
