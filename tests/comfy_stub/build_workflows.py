@@ -33,24 +33,47 @@ def _loaders(build: WorkflowBuilder, x: float = 0, y: float = 0) -> tuple[int, i
     return analyzer, generator
 
 
-def single_photo_swap(build: WorkflowBuilder) -> None:
-    analyzer, generator = _loaders(build)
+def _source_identity(
+    build: WorkflowBuilder, analyzer: int, *, with_target: bool = True, photo_y: float = 340, extract_y: float = 0
+) -> tuple[int, int, int | None]:
+    """The source photo (and, with ``with_target``, the target photo below it) and the Extract Identity node that
+    reads the source: ``(source, extract, target)``."""
     source = build.node(
-        "LoadImage", (0, 340), widgets={"image": SOURCE_PHOTO}, size=(340, 320), title="Source photo (the person)"
+        "LoadImage", (0, photo_y), widgets={"image": SOURCE_PHOTO}, size=(340, 320), title="Source photo (the person)"
     )
-    target = build.node(
-        "LoadImage", (0, 700), widgets={"image": TARGET_PHOTO}, size=(340, 320), title="Target photo (gets the face)"
-    )
-    extract = build.node("FaceMagicExtractIdentity", (COLUMN, 0), size=(340, 130))
+    target = None
+    if with_target:
+        target = build.node(
+            "LoadImage",
+            (0, 700),
+            widgets={"image": TARGET_PHOTO},
+            size=(340, 320),
+            title="Target photo (gets the face)",
+        )
+    extract = build.node("FaceMagicExtractIdentity", (COLUMN, extract_y), size=(340, 130))
     build.link(analyzer, "analyzer", extract, "analyzer")
     build.link(source, "IMAGE", extract, "images")
+    return source, extract, target
+
+
+def _feed_swap(
+    build: WorkflowBuilder, swap: int, images: tuple[int, str], identity: tuple[int, str], generator: int, analyzer: int
+) -> None:
+    """Links a swap node's images, identity, generator and analyzer inputs."""
+    build.link(images[0], images[1], swap, "images")
+    build.link(identity[0], identity[1], swap, "identity")
+    build.link(generator, "generator", swap, "generator")
+    build.link(analyzer, "analyzer", swap, "analyzer")
+
+
+def single_photo_swap(build: WorkflowBuilder) -> None:
+    analyzer, generator = _loaders(build)
+    source, extract, target = _source_identity(build, analyzer)
+    assert target is not None
     chosen = build.node("PreviewImage", (2 * COLUMN, 0), size=(260, 280), title="Chosen source face")
     build.link(extract, "chosen faces", chosen, "images")
     swap = build.node("FaceMagicSwap", (COLUMN, 340), size=(340, 330))
-    build.link(target, "IMAGE", swap, "images")
-    build.link(extract, "identity", swap, "identity")
-    build.link(generator, "generator", swap, "generator")
-    build.link(analyzer, "analyzer", swap, "analyzer")
+    _feed_swap(build, swap, (target, "IMAGE"), (extract, "identity"), generator, analyzer)
     crops = build.node("PreviewImage", (COLUMN, 720), size=(260, 280), title="Swapped face")
     build.link(swap, "swapped crops", crops, "images")
     blend = build.node("FaceMagicBlend", (2 * COLUMN, 340), size=(320, 250))
@@ -106,10 +129,7 @@ def several_photos_mixed(build: WorkflowBuilder) -> None:
         "LoadImage", (2 * COLUMN, 520), widgets={"image": TARGET_PHOTO}, size=(340, 320), title="Target photo"
     )
     swap = build.node("FaceMagicSwapFaces", (3 * COLUMN, 0), size=(340, 560))
-    build.link(target, "IMAGE", swap, "images")
-    build.link(mix, "identity", swap, "identity")
-    build.link(generator, "generator", swap, "generator")
-    build.link(analyzer, "analyzer", swap, "analyzer")
+    _feed_swap(build, swap, (target, "IMAGE"), (mix, "identity"), generator, analyzer)
     save = build.node("SaveImage", (4 * COLUMN, 0), widgets={"filename_prefix": "facemagic/mixed"}, size=(400, 440))
     build.link(swap, "images", save, "images")
     build.note(
@@ -140,10 +160,7 @@ def coarse_fine_mix(build: WorkflowBuilder) -> None:
         "LoadImage", (2 * COLUMN, 420), widgets={"image": TARGET_PHOTO}, size=(340, 320), title="Target photo"
     )
     swap = build.node("FaceMagicSwap", (2 * COLUMN, 0), size=(340, 330))
-    build.link(target, "IMAGE", swap, "images")
-    build.link(mix, "identity", swap, "identity")
-    build.link(generator, "generator", swap, "generator")
-    build.link(analyzer, "analyzer", swap, "analyzer")
+    _feed_swap(build, swap, (target, "IMAGE"), (mix, "identity"), generator, analyzer)
     blend = build.node("FaceMagicBlend", (3 * COLUMN, 0), widgets={"colour": "lab"}, size=(320, 250))
     build.link(swap, "swap", blend, "swap")
     save = build.node(
@@ -161,12 +178,7 @@ def coarse_fine_mix(build: WorkflowBuilder) -> None:
 
 def save_and_reuse_identity(build: WorkflowBuilder) -> None:
     analyzer = build.node("FaceMagicAnalyzerLoader", (0, 40), size=(340, 150))
-    source = build.node(
-        "LoadImage", (0, 230), widgets={"image": SOURCE_PHOTO}, size=(340, 320), title="Source photo (the person)"
-    )
-    extract = build.node("FaceMagicExtractIdentity", (COLUMN, 40), size=(340, 130))
-    build.link(analyzer, "analyzer", extract, "analyzer")
-    build.link(source, "IMAGE", extract, "images")
+    _, extract, _ = _source_identity(build, analyzer, with_target=False, photo_y=230, extract_y=40)
     save_identity = build.node("FaceMagicSaveIdentity", (COLUMN, 220), widgets={"name": "my_person"}, size=(340, 130))
     build.link(extract, "identity", save_identity, "identity")
     build.group("1. Extract and save the identity (run once)", (-20, -30, 2 * COLUMN, 620))
@@ -204,20 +216,12 @@ def save_and_reuse_identity(build: WorkflowBuilder) -> None:
 
 def video_with_pose_check(build: WorkflowBuilder) -> None:
     analyzer, generator = _loaders(build)
-    source = build.node(
-        "LoadImage", (0, 340), widgets={"image": SOURCE_PHOTO}, size=(340, 320), title="Source photo (the person)"
-    )
-    extract = build.node("FaceMagicExtractIdentity", (COLUMN, 0), size=(340, 130))
-    build.link(analyzer, "analyzer", extract, "analyzer")
-    build.link(source, "IMAGE", extract, "images")
+    _, extract, _ = _source_identity(build, analyzer, with_target=False, photo_y=340, extract_y=0)
     video = build.node("LoadVideo", (0, 700), widgets={"file": TARGET_VIDEO}, size=(340, 320), title="Target video")
     parts = build.node("GetVideoComponents", (COLUMN, 700), size=(300, 100))
     build.link(video, "VIDEO", parts, "video")
     swap = build.node("FaceMagicSwap", (COLUMN, 200), widgets={"smoothing": 1.0, "no_face": "pass"}, size=(340, 330))
-    build.link(parts, "images", swap, "images")
-    build.link(extract, "identity", swap, "identity")
-    build.link(generator, "generator", swap, "generator")
-    build.link(analyzer, "analyzer", swap, "analyzer")
+    _feed_swap(build, swap, (parts, "images"), (extract, "identity"), generator, analyzer)
     pose = build.node("FaceMagicPoseCheck", (2 * COLUMN, 0), widgets={"policy": "original"}, size=(340, 230))
     build.link(swap, "swap", pose, "swap")
     report = build.node("PreviewAny", (3 * COLUMN, 0), size=(460, 220), title="Pose report")
@@ -284,20 +288,10 @@ def video_two_people(build: WorkflowBuilder) -> None:
 
 def swap_edit_blend(build: WorkflowBuilder) -> None:
     analyzer, generator = _loaders(build)
-    source = build.node(
-        "LoadImage", (0, 340), widgets={"image": SOURCE_PHOTO}, size=(340, 320), title="Source photo (the person)"
-    )
-    target = build.node(
-        "LoadImage", (0, 700), widgets={"image": TARGET_PHOTO}, size=(340, 320), title="Target photo (gets the face)"
-    )
-    extract = build.node("FaceMagicExtractIdentity", (COLUMN, 0), size=(340, 130))
-    build.link(analyzer, "analyzer", extract, "analyzer")
-    build.link(source, "IMAGE", extract, "images")
+    _, extract, target = _source_identity(build, analyzer)
+    assert target is not None
     swap = build.node("FaceMagicSwap", (COLUMN, 200), widgets={"crop_output": "ffhq_512"}, size=(340, 360))
-    build.link(target, "IMAGE", swap, "images")
-    build.link(extract, "identity", swap, "identity")
-    build.link(generator, "generator", swap, "generator")
-    build.link(analyzer, "analyzer", swap, "analyzer")
+    _feed_swap(build, swap, (target, "IMAGE"), (extract, "identity"), generator, analyzer)
     edit = build.node(
         "ImageScaleBy",
         (2 * COLUMN, 200),
@@ -326,20 +320,10 @@ def swap_edit_blend(build: WorkflowBuilder) -> None:
 
 def restore_with_occlusion(build: WorkflowBuilder) -> None:
     analyzer, generator = _loaders(build)
-    source = build.node(
-        "LoadImage", (0, 340), widgets={"image": SOURCE_PHOTO}, size=(340, 320), title="Source photo (the person)"
-    )
-    target = build.node(
-        "LoadImage", (0, 700), widgets={"image": TARGET_PHOTO}, size=(340, 320), title="Target photo (gets the face)"
-    )
-    extract = build.node("FaceMagicExtractIdentity", (COLUMN, 0), size=(340, 130))
-    build.link(analyzer, "analyzer", extract, "analyzer")
-    build.link(source, "IMAGE", extract, "images")
+    _, extract, target = _source_identity(build, analyzer)
+    assert target is not None
     swap = build.node("FaceMagicSwap", (COLUMN, 200), size=(340, 360))
-    build.link(target, "IMAGE", swap, "images")
-    build.link(extract, "identity", swap, "identity")
-    build.link(generator, "generator", swap, "generator")
-    build.link(analyzer, "analyzer", swap, "analyzer")
+    _feed_swap(build, swap, (target, "IMAGE"), (extract, "identity"), generator, analyzer)
     restorer = build.node("FaceMagicRestorerLoader", (2 * COLUMN, 0), widgets={"model": "codeformer"}, size=(340, 110))
     restore = build.node("FaceMagicRestoreFaces", (2 * COLUMN, 160), widgets={"fidelity": 0.7}, size=(340, 160))
     build.link(swap, "swap", restore, "swap")
