@@ -385,19 +385,22 @@ def frames_to_sample(frames: torch.Tensor, device: torch.device | str) -> torch.
 
 
 def align_faces(
-    images: torch.Tensor, faces: Sequence[Face], size: int, template: TemplateName = "arcface"
+    images: torch.Tensor, faces: Sequence[Face], size: int, template: TemplateName = "arcface", *, scan: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop every face to a ``size`` x ``size`` square aligned to ``template``.
 
     ``images`` is the ``(N, 3, H, W)`` batch the faces were found in (``face.image_index``
     says which image). Returns the crops ``(B, 3, size, size)`` in the images' dtype (float32 in [0, 1] for
     byte frames) and device, and the ``(B, 2, 3)`` float32 image -> crop matrices (on the same device).
+    ``scan=False``: the images passed :func:`images.check_images` already (their pixels are not read again).
     """
-    check_images(images, where="images to align", allow_bytes=True)
+    if scan:
+        check_images(images, where="images to align", allow_bytes=True)
     points_template = face_template(template, size)
     device = images.device
     if not faces:
-        return images.new_zeros((0, 3, size, size)), torch.zeros((0, 2, 3), device=device)
+        empty = torch.float32 if is_byte_frames(images) else images.dtype
+        return torch.zeros((0, 3, size, size), device=device, dtype=empty), torch.zeros((0, 2, 3), device=device)
     landmarks = np.stack([np.asarray(face.landmarks_5, dtype=np.float64) for face in faces])
     if landmarks.shape[1:] != (5, 2):
         raise BadInputError(f"faces need (5, 2) landmarks, got {landmarks.shape[1:]}", where="align_faces")

@@ -632,14 +632,24 @@ class FaceAnalyzer:
         with _model_errors("the face detector", str(self.detector_path)):
             return self._detect(_Frames(images, self.device))
 
+    #: :meth:`analyze` and :meth:`embed_faces` take ``scan=False`` for frames the caller has checked already.
+    takes_checked_frames = True
+
     def analyze(
-        self, images: torch.Tensor, *, landmarks: bool = True, embeddings: bool = True, attributes: bool = True
+        self,
+        images: torch.Tensor,
+        *,
+        landmarks: bool = True,
+        embeddings: bool = True,
+        attributes: bool = True,
+        scan: bool = True,
     ) -> list[list[Face]]:
         """:meth:`detect_faces`, then dense landmarks and pose (when the analyzer has those models
         and ``landmarks``), gender and age (when it has a genderage model and ``attributes``), then
         embeddings of all faces in one batched call (when it has a recogniser and ``embeddings``).
-        Models that run in torch take every face of the batch at once."""
-        check_images(images, where="images to analyse", allow_bytes=True)
+        Models that run in torch take every face of the batch at once. ``scan=False``: the pixels were
+        checked by :func:`images.check_images` already (NaN, range); shape and dtype are still checked."""
+        _check_analyzer_images(images, "images to analyse", scan)
         with _model_errors("the face analysis models", str(self.detector_path)):
             return self._analyze_checked(images, landmarks=landmarks, embeddings=embeddings, attributes=attributes)
 
@@ -665,7 +675,7 @@ class FaceAnalyzer:
         faces = iter(flat)
         return [[next(faces) for _ in found] for found in per_image]
 
-    def embed_faces(self, images: torch.Tensor, faces: Sequence[Face]) -> list[Face]:
+    def embed_faces(self, images: torch.Tensor, faces: Sequence[Face], *, scan: bool = True) -> list[Face]:
         """Copies of ``faces`` with their raw recogniser embedding, computed for all faces at once.
 
         Each face is aligned to the ArcFace template at the recogniser's input size from
@@ -678,7 +688,7 @@ class FaceAnalyzer:
                 where=repr(self),
                 fix="pass recognizer=<w600k_r50.onnx> or load a pack that contains one (buffalo_l)",
             )
-        check_images(images, where="images to embed", allow_bytes=True)
+        _check_analyzer_images(images, "images to embed", scan)
         with _model_errors("the face recogniser", repr(self)):
             return self._embed_frames(_Frames(images, self.device), faces)
 
@@ -692,7 +702,7 @@ class FaceAnalyzer:
             source = frames.images.to(self.device) if self._uses_device_frames else frames.images
         else:
             source = frames.unit() if self._uses_device_frames else frames.images
-        crops, _ = align_faces(source, faces, size, template)  # type: ignore[arg-type]
+        crops, _ = align_faces(source, faces, size, template, scan=False)  # type: ignore[arg-type]  # checked
         vectors = self.forward_recognizer(crops)
         return [replace(face, embedding=vectors[i]) for i, face in enumerate(faces)]
 
@@ -868,6 +878,18 @@ class FaceAnalyzer:
             replace(face, gender="male" if int(gender) == 1 else "female", age=int(age))
             for face, gender, age in zip(faces, genders, ages, strict=True)
         ]
+
+
+def _check_analyzer_images(images: object, where: str, scan: bool) -> None:
+    """:func:`check_images`, or with ``scan=False`` only what it checks without reading the pixels."""
+    if scan or not (
+        isinstance(images, torch.Tensor)
+        and images.ndim == 4
+        and images.shape[0] > 0
+        and images.shape[1] == 3
+        and (images.is_floating_point() or is_byte_frames(images))
+    ):
+        check_images(images, where=where, allow_bytes=True)
 
 
 class _Frames:

@@ -392,6 +392,7 @@ def select_target_faces(
     reference: FloatArray | None = None,
     min_similarity: float | None = None,
     dense_landmarks: bool = False,
+    checked: bool = False,
 ) -> list[list[Face]]:
     """Detect the faces of every frame and choose the ones to swap, each with its embedding.
 
@@ -401,11 +402,14 @@ def select_target_faces(
     recogniser call for the batch), unless ``reference`` needs every face's embedding.
     ``dense_landmarks`` also computes 68/106-point landmarks (for the hull mask).
     A frame may get an empty list; :func:`align_target_faces` applies the no-face policy.
+    ``checked``: the frames passed :func:`images.check_images` already, so an analyzer that can skip
+    its own scan of the pixels (:class:`~facemagic_core.analysis.FaceAnalyzer`) does.
     """
     from .analysis import select_faces
 
     _check_frames(images, where="target images")  # the analyzer scans the pixels for NaN itself
-    per_frame = analyzer.analyze(images, landmarks=dense_landmarks, embeddings=reference is not None)
+    skip = {"scan": False} if checked and getattr(analyzer, "takes_checked_frames", False) else {}
+    per_frame = analyzer.analyze(images, landmarks=dense_landmarks, embeddings=reference is not None, **skip)
     if len(per_frame) != images.shape[0]:
         raise BadInputError(
             f"the face analyzer returned results for {len(per_frame)} of {images.shape[0]} frames",
@@ -418,7 +422,7 @@ def select_target_faces(
     if reference is None:
         flat = [face for faces in chosen for face in faces]
         if flat:
-            embedded = iter(analyzer.embed_faces(images, flat))
+            embedded = iter(analyzer.embed_faces(images, flat, **skip))
             chosen = [[next(embedded) for _ in faces] for faces in chosen]
     return [
         [face if face.image_index == frame else dataclasses.replace(face, image_index=frame) for face in faces]
@@ -1626,6 +1630,7 @@ def swap_faces(
             reference=options.reference,
             min_similarity=options.min_similarity,
             dense_landmarks=_needs_dense(options, analyzer),
+            checked=True,  # frames_in was scanned on entry
         )
         missing = [frame for frame, faces in enumerate(chosen) if not faces]
         if missing and options.no_face == "error":

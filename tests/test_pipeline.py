@@ -196,6 +196,26 @@ def test_byte_frames_swap_like_float_frames(
     assert 100 < int(byte_limit.masks.max()) <= 153  # limited to 0.6, not read as a 0/1 mask
 
 
+def test_float_frames_are_scanned_once(
+    monkeypatch: pytest.MonkeyPatch, clip_frames: torch.Tensor, analyzer: FaceAnalyzer, generator: TorchSwapper
+) -> None:
+    """swap_faces reads every pixel once for NaN and range (on entry); the analyzer does not scan the chunks again."""
+    scanned: list[int] = []
+    real = torch.aminmax
+
+    def counting(tensor: torch.Tensor, *args: object, **kwargs: object) -> object:
+        if tensor.ndim == 4 and tuple(tensor.shape[2:]) == tuple(clip_frames.shape[2:]):
+            scanned.append(int(tensor.shape[0]))
+        return real(tensor, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(torch, "aminmax", counting)
+    result = swap_faces(clip_frames, unit_identity(1), analyzer, generator, SwapOptions(chunk_size=2))
+    assert sum(result.face_counts) == clip_frames.shape[0]
+    assert sum(scanned) == clip_frames.shape[0]  # not 4x: entry, detection, embedding and its alignment each did
+    analyzer.analyze(clip_frames[:1])  # on its own the analyzer still checks what it is given
+    assert sum(scanned) == clip_frames.shape[0] + 1
+
+
 def test_frames_without_a_face_are_passed_through_and_reported(
     clip_frames: torch.Tensor, analyzer: FaceAnalyzer, generator: TorchSwapper
 ) -> None:
