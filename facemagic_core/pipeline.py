@@ -383,6 +383,11 @@ def _face_embedding(face: Face, number: int) -> FloatArray:
     return vector
 
 
+def _scan_skip(analyzer: Analyzer, checked: bool) -> dict[str, bool]:
+    """Keyword arguments that spare an analyzer its scan of frames already checked (when it can take them)."""
+    return {"scan": False} if checked and getattr(analyzer, "takes_checked_frames", False) else {}
+
+
 def select_target_faces(
     images: Tensor,
     analyzer: Analyzer,
@@ -408,7 +413,7 @@ def select_target_faces(
     from .analysis import select_faces
 
     _check_frames(images, where="target images")  # the analyzer scans the pixels for NaN itself
-    skip = {"scan": False} if checked and getattr(analyzer, "takes_checked_frames", False) else {}
+    skip = _scan_skip(analyzer, checked)
     per_frame = analyzer.analyze(images, landmarks=dense_landmarks, embeddings=reference is not None, **skip)
     if len(per_frame) != images.shape[0]:
         raise BadInputError(
@@ -1371,6 +1376,7 @@ def swap_stream(
     external_mask: Tensor | None = None,
     frame_offset: int = 0,
     total_frames: int | None = None,
+    checked: bool = False,
 ) -> Iterator[SwapResult]:
     """Swap consecutive chunks of one clip with ``options.mapping`` and ``options.tracking``; one result per piece.
 
@@ -1380,9 +1386,11 @@ def swap_stream(
     frame is swapped once it is settled, so results lag the chunks by at most
     ``options.tracking.max_gap`` frames and memory holds at most that many frames beyond a chunk.
     ``external_mask`` (one for all frames, or one per frame of the whole clip) limits where
-    faces change. The results' frame numbers start at ``frame_offset``.
+    faces change. The results' frame numbers start at ``frame_offset``. ``checked``: the chunks passed
+    :func:`images.check_images` already (see :func:`select_target_faces`).
     """
     mapping = _stream_mapping(options, identities)
+    skip = _scan_skip(analyzer, checked)
     tracks = FaceTracks(mapping, options.tracking) if options.tracking is not None else None
     dense = _needs_dense(options, analyzer)
     pending: deque[Tensor] = deque()
@@ -1445,7 +1453,7 @@ def swap_stream(
         )
 
     for chunk in chunks:
-        faces = analyzer.analyze(chunk, landmarks=dense, embeddings=True)
+        faces = analyzer.analyze(chunk, landmarks=dense, embeddings=True, **skip)
         if len(faces) != chunk.shape[0]:
             raise BadInputError(
                 f"the face analyzer returned results for {len(faces)} of {chunk.shape[0]} frames",
@@ -1504,6 +1512,7 @@ def _swap_mapped(
         external_mask=external_mask,
         frame_offset=frame_offset,
         total_frames=whole,
+        checked=True,  # frames_in was scanned on entry
     )
     done = 0
     for piece in stream:

@@ -34,6 +34,7 @@ from facemagic_core.pipeline import (
     prepare_swap,
     swap_faces,
 )
+from facemagic_core.tracking import TrackingConfig
 from facemagic_core.types import Face, Identity
 
 MODEL = "arcface_w600k_r50"
@@ -214,6 +215,9 @@ def test_float_frames_are_scanned_once(
     assert sum(scanned) == clip_frames.shape[0]  # not 4x: entry, detection, embedding and its alignment each did
     analyzer.analyze(clip_frames[:1])  # on its own the analyzer still checks what it is given
     assert sum(scanned) == clip_frames.shape[0] + 1
+    scanned.clear()  # faces followed across chunks (swap_stream): also once
+    swap_faces(clip_frames, unit_identity(1), analyzer, generator, SwapOptions(chunk_size=2, tracking=TrackingConfig()))
+    assert sum(scanned) == clip_frames.shape[0]
 
 
 def test_frames_without_a_face_are_passed_through_and_reported(
