@@ -394,8 +394,7 @@ def align_faces(
     byte frames) and device, and the ``(B, 2, 3)`` float32 image -> crop matrices (on the same device).
     ``scan=False``: the images passed :func:`images.check_images` already (their pixels are not read again).
     """
-    if scan:
-        check_images(images, where="images to align", allow_bytes=True)
+    check_images(images, where="images to align", allow_bytes=True, scan=scan)
     points_template = face_template(template, size)
     device = images.device
     if not faces:

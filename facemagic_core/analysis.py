@@ -648,8 +648,8 @@ class FaceAnalyzer:
         and ``landmarks``), gender and age (when it has a genderage model and ``attributes``), then
         embeddings of all faces in one batched call (when it has a recogniser and ``embeddings``).
         Models that run in torch take every face of the batch at once. ``scan=False``: the pixels were
-        checked by :func:`images.check_images` already (NaN, range); shape and dtype are still checked."""
-        _check_analyzer_images(images, "images to analyse", scan)
+        checked by :func:`images.check_images` already (NaN, range); shape, size and dtype are still checked."""
+        check_images(images, where="images to analyse", allow_bytes=True, scan=scan)
         with _model_errors("the face analysis models", str(self.detector_path)):
             return self._analyze_checked(images, landmarks=landmarks, embeddings=embeddings, attributes=attributes)
 
@@ -688,7 +688,7 @@ class FaceAnalyzer:
                 where=repr(self),
                 fix="pass recognizer=<w600k_r50.onnx> or load a pack that contains one (buffalo_l)",
             )
-        _check_analyzer_images(images, "images to embed", scan)
+        check_images(images, where="images to embed", allow_bytes=True, scan=scan)
         with _model_errors("the face recogniser", repr(self)):
             return self._embed_frames(_Frames(images, self.device), faces)
 
@@ -878,18 +878,6 @@ class FaceAnalyzer:
             replace(face, gender="male" if int(gender) == 1 else "female", age=int(age))
             for face, gender, age in zip(faces, genders, ages, strict=True)
         ]
-
-
-def _check_analyzer_images(images: object, where: str, scan: bool) -> None:
-    """:func:`check_images`, or with ``scan=False`` only what it checks without reading the pixels."""
-    if scan or not (
-        isinstance(images, torch.Tensor)
-        and images.ndim == 4
-        and images.shape[0] > 0
-        and images.shape[1] == 3
-        and (images.is_floating_point() or is_byte_frames(images))
-    ):
-        check_images(images, where=where, allow_bytes=True)
 
 
 class _Frames:

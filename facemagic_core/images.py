@@ -43,7 +43,9 @@ MIN_PIXEL_VALUE = -0.5
 _SIXTEEN_BIT_MAX = 65535.0
 
 
-def check_images(images: object, *, where: str = "images", allow_bytes: bool = False) -> torch.Tensor:
+def check_images(
+    images: object, *, where: str = "images", allow_bytes: bool = False, scan: bool = True
+) -> torch.Tensor:
     """Return ``images`` if it is a usable ``(B, 3, H, W)`` batch, else raise ``BadInputError``.
 
     The tensor is returned as it is (no copy), so callers must not modify it in place. Values are
@@ -51,7 +53,8 @@ def check_images(images: object, *, where: str = "images", allow_bytes: bool = F
     [:data:`MIN_PIXEL_VALUE`, :data:`MAX_PIXEL_VALUE`] (pixels on the 0..255 or -1..1 scale);
     small overshoots of [0, 1] are accepted (later stages clamp them). With ``allow_bytes``, ``uint8``
     frames (pixel values 0..255, as decoders give them: see :func:`is_byte_frames`) pass as they are,
-    with nothing to scan.
+    with nothing to scan. ``scan=False`` checks everything but the values, for a batch (or a view of one)
+    that was scanned already.
     """
     if not isinstance(images, torch.Tensor):
         raise BadInputError(
@@ -105,6 +108,8 @@ def check_images(images: object, *, where: str = "images", allow_bytes: bool = F
             where=where,
             fix="convert with images.float() / 255",
         )
+    if not scan:
+        return images
     low, high = (float(value) for value in torch.aminmax(images.detach()))  # NaN propagates into both, inf into one
     if not (math.isfinite(low) and math.isfinite(high)):
         raise BadInputError(
